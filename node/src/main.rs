@@ -1,0 +1,3 @@
+mod openai;
+
+fn main() {}
