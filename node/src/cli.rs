@@ -1,0 +1,318 @@
+//! Command-line interface: `stator peer` runs a cluster member, `stator ctl` operates one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "stator",
+    version,
+    about = "Serve large language models from a cluster of identical peers.",
+    long_about = "Serve large language models from a cluster of identical peers.\n\n\
+        Every machine runs `stator peer`. The first one bootstraps a cluster and prints a join \
+        token; the others start with --join and --token. Any peer serves the OpenAI API on its \
+        --http port and Prometheus metrics at /metrics. Operate the cluster with `stator ctl`.",
+    after_help = "Examples:\n  \
+        stator peer --data-dir /var/lib/stator --listen 10.0.0.1:7400 --http 0.0.0.0:8000\n  \
+        stator peer --data-dir /var/lib/stator --listen 10.0.0.2:7400 --http 0.0.0.0:8000 \\\n      \
+        --join 10.0.0.1:7400 --token stator1-...\n  \
+        stator ctl --peer http://10.0.0.1:8000 --data-dir /var/lib/stator members",
+    args_override_self = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a cluster member (bootstraps a new cluster when the data dir is empty and no --join).
+    Peer(Box<PeerArgs>),
+    /// Operate a running cluster through any peer's HTTP admin API.
+    Ctl(CtlArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Every option can also come from a TOML file given with --config, with \
+    the option's long name as key (data-dir = \"/var/lib/stator\", label = [\"zone=a\"]). \
+    Options on the command line win over the file.")]
+pub struct PeerArgs {
+    /// TOML file with peer options (keys are the long option names).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Where this peer keeps its identity, certificates, Raft log and state.
+    #[arg(long, value_name = "DIR", env = "STATOR_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// QUIC address for cluster traffic (UDP).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+
+    /// HTTP address for the OpenAI API, /metrics, /health and the admin API.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8000")]
+    pub http: SocketAddr,
+
+    /// QUIC address other peers use to reach this one (defaults to --listen; required when
+    /// --listen is a wildcard address such as 0.0.0.0).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<SocketAddr>,
+
+    /// HTTP address other peers and operators use to reach this one (defaults to --http, with
+    /// the --advertise host when --http is a wildcard address).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_http: Option<SocketAddr>,
+
+    /// QUIC address of any cluster member to join through (ignored when the data dir already
+    /// belongs to a cluster: the peer rejoins by itself).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub join: Option<SocketAddr>,
+
+    /// Join token printed at bootstrap or by `stator ctl join-token`.
+    #[arg(long, value_name = "TOKEN", env = "STATOR_JOIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// How long to keep retrying an unreachable --join address before giving up.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub join_timeout_s: u64,
+
+    /// Number of Raft voters the cluster keeps (odd); further peers are learners.
+    #[arg(long, default_value_t = 3, value_parser = parse_voters)]
+    pub voters: usize,
+
+    /// Heartbeat interval from every peer to the leader.
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    pub heartbeat_ms: u64,
+
+    /// A peer silent this long is marked Down by the leader.
+    #[arg(long, value_name = "MS", default_value_t = 300)]
+    pub down_after_ms: u64,
+
+    /// A voter Down this long is replaced by a healthy learner.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub replace_voter_after_s: u64,
+
+    /// Node labels, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Model to serve: a .gguf file or a Hugging Face model directory (config.json,
+    /// *.safetensors, tokenizer.json). Defaults to SmolLM2-135M-Instruct as installed by
+    /// tools/fetch-model.sh, when present.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+
+    /// Serve a model of this configuration with seeded random weights (a preset such as
+    /// llama-3.2-1b, llama-3.1-8b, smollm2-135m, or a config.json path), for benchmarks.
+    /// Needs --model too for the tokenizer, or uses the default model's tokenizer.
+    #[arg(long, value_name = "CONFIG")]
+    pub random_weights: Option<String>,
+
+    /// Run without a model (cluster member only; the OpenAI API answers 503).
+    #[arg(long, conflicts_with_all = ["model", "random_weights"])]
+    pub no_model: bool,
+
+    /// Name the model is served under (defaults to the file or directory name).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+
+    /// Maximum sequences decoded together.
+    #[arg(long, default_value_t = 64)]
+    pub max_num_seqs: usize,
+
+    /// Token budget of one engine step (chunked prefill).
+    #[arg(long, default_value_t = 512)]
+    pub max_batch_tokens: usize,
+
+    /// Requests waiting beyond this are refused with 429.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+
+    /// Memory for the KV cache.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub kv_cache_mib: usize,
+
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "The admin token is read from --token, $STATOR_ADMIN_TOKEN, or \
+    DATA_DIR/admin.token when --data-dir is given.\n\nExamples:\n  \
+    stator ctl --peer http://127.0.0.1:8000 --data-dir ./d1 members\n  \
+    stator ctl --peer http://127.0.0.1:8000 --token $T --json status")]
+pub struct CtlArgs {
+    /// HTTP address of any peer.
+    #[arg(long, value_name = "URL", env = "STATOR_PEER", default_value = "http://127.0.0.1:8000")]
+    pub peer: String,
+
+    /// Admin token.
+    #[arg(long, env = "STATOR_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Read the admin token from this peer data dir.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Machine-readable JSON output.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 10)]
+    pub timeout_s: u64,
+
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlCommand {
+    /// List cluster members: id, addresses, Raft role, status, heartbeat age.
+    Members,
+    /// This peer's view: node id, leader, term, commit and applied index, health.
+    Status,
+    /// Print the join token for new peers.
+    JoinToken,
+    /// Remove a member from the cluster (by node id).
+    Remove {
+        /// Node id as listed by `members`.
+        node: u64,
+    },
+    /// Ask the peer at --peer to leave the cluster and shut down.
+    Leave,
+    /// Operator key/value space, replicated through Raft.
+    #[command(subcommand)]
+    Meta(MetaCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MetaCommand {
+    /// Read a key (linearizable).
+    Get { key: String },
+    /// Write a key; returns once committed.
+    Put { key: String, value: String },
+    /// Delete a key.
+    Delete { key: String },
+    /// List all keys and values.
+    List,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+fn parse_voters(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if n == 0 || n % 2 == 0 {
+        return Err(format!("voters must be odd and at least 1 (got {n}): an even count \
+                            tolerates no more failures than the odd count below it"));
+    }
+    Ok(n)
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("label '{s}' must look like KEY=VALUE")),
+    }
+}
+
+/// Turns a TOML config file into `--key value` arguments placed before the command line's own,
+/// so clap validates both the same way and the command line wins (args_override_self).
+pub fn config_file_args(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+    let mut args = Vec::new();
+    for (key, value) in table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let mut push = |v: &toml::Value| -> anyhow::Result<()> {
+            match v {
+                toml::Value::String(s) => {
+                    args.push(flag.clone());
+                    args.push(s.clone());
+                }
+                toml::Value::Integer(i) => {
+                    args.push(flag.clone());
+                    args.push(i.to_string());
+                }
+                toml::Value::Float(f) => {
+                    args.push(flag.clone());
+                    args.push(f.to_string());
+                }
+                toml::Value::Boolean(true) => args.push(flag.clone()),
+                toml::Value::Boolean(false) => {}
+                other => anyhow::bail!(
+                    "config file {}: key '{key}' has an unsupported value {other}",
+                    path.display()
+                ),
+            }
+            Ok(())
+        };
+        match &value {
+            toml::Value::Array(items) => {
+                for item in items {
+                    push(item)?;
+                }
+            }
+            v => push(v)?,
+        }
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn even_voter_counts_are_refused() {
+        assert!(parse_voters("4").is_err());
+        assert!(parse_voters("0").is_err());
+        assert_eq!(parse_voters("5"), Ok(5));
+    }
+
+    #[test]
+    fn config_file_becomes_arguments_and_the_command_line_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peer.toml");
+        std::fs::write(
+            &path,
+            "data-dir = \"/tmp/x\"\nvoters = 5\nlabel = [\"zone=a\", \"rack=3\"]\nno-model = true\n",
+        )
+        .unwrap();
+        let mut argv = vec!["stator".to_string(), "peer".to_string()];
+        argv.extend(config_file_args(&path).unwrap());
+        argv.extend(["--voters".to_string(), "3".to_string()]);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Peer(p) = cli.command else { panic!("not peer") };
+        assert_eq!(p.voters, 3);
+        assert_eq!(p.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(p.labels.len(), 2);
+        assert!(p.engine.no_model);
+    }
+
+    #[test]
+    fn malformed_config_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peer.toml");
+        std::fs::write(&path, "voters = [[[").unwrap();
+        let err = config_file_args(&path).unwrap_err().to_string();
+        assert!(err.contains("not valid TOML"), "{err}");
+    }
+}
