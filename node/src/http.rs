@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use stator_raft::node::RaftNode;
+use stator_raft::RaftNode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -71,7 +71,6 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    crate::raft_metrics::export(&app.raft);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         app.metrics.render(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use stator_raft::model::{Command, NodeInfo, NodeStatus};
-use stator_raft::node::{RaftConfig, RaftNode};
+use stator_raft::{RaftConfig, RaftNode};
 use stator_raft::types::PeerAddr;
 use stator_transport::{ClusterCa, Endpoint, JoinToken, NodeIdentity, NodeKey, TransportConfig};
 use tokio::sync::watch;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stator_raft::node::RaftNode;
+use stator_raft::RaftNode;
 use tokio::sync::watch;
 use tracing::{debug, info};
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use stator_raft::model::{Command, NodeInfo, NodeStatus};
-use stator_raft::node::RaftNode;
+use stator_raft::RaftNode;
 use stator_raft::types::PeerAddr;
 use stator_transport::{ClusterCa, Endpoint, JoinToken, PeerInfo, RpcError};
 use tokio::sync::watch;

@@ -1,0 +1,7 @@
+//! Handler-level tests: real router, real tokenizer, a scripted in-test [`TokenSource`].
+
+mod cancel;
+mod chat;
+mod completions;
+mod errors;
+mod support;

@@ -1,0 +1,411 @@
+//! [`RaftNode`]: the façade the binary uses. Writes are batched, forwarded to the leader when
+//! needed, and return once applied; reads come from the local copy of the state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::InitializeError;
+use openraft::{Raft, RaftMetrics};
+use parking_lot::Mutex;
+use stator_transport::{Endpoint, Method, RpcError};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::RaftConfig;
+use crate::error::{RaftError, RemoteError};
+use crate::export::spawn_exporter;
+use crate::leader;
+use crate::model::{ClusterState, Command};
+use crate::network::{resolve_peer, TransportNetworkFactory};
+use crate::rpc::{
+    ForwardMethod, MembershipChange, MembershipMethod, ReadIndexMethod, WriteOutcome,
+};
+use crate::server::register_handlers;
+use crate::store::{open_db, open_stores, SledLogStore};
+use crate::types::{NodeId, PeerAddr, TypeConfig};
+use crate::writer::{spawn_writer, Submission};
+
+/// Submissions waiting for the writer; beyond this, `write` waits (within its deadline).
+const WRITE_QUEUE_DEPTH: usize = 4096;
+/// Extra time `write` grants the writer beyond the write timeout (batch window, scheduling),
+/// so that the writer's own, more precise error arrives first.
+const WRITE_REPLY_GRACE: Duration = Duration::from_millis(250);
+
+/// What request handlers and the writer need; shared, and held weakly by handlers.
+pub(crate) struct NodeCore {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) cfg: RaftConfig,
+    stopped: AtomicBool,
+}
+
+pub struct RaftNode {
+    core: Arc<NodeCore>,
+    writer: Mutex<Option<mpsc::Sender<Submission>>>,
+    state: watch::Receiver<Arc<ClusterState>>,
+    log_store: SledLogStore,
+    db: sled::Db,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl RaftNode {
+    /// Opens (or creates) this node's Raft storage under `data_dir/raft` and starts Raft; the
+    /// endpoint starts serving the Raft methods. `node_id` must be the endpoint's node id.
+    pub async fn open(
+        data_dir: &Path,
+        node_id: NodeId,
+        endpoint: Endpoint,
+        cfg: RaftConfig,
+    ) -> Result<Self, RaftError> {
+        if endpoint.node_id() != node_id {
+            return Err(RaftError::Config(format!(
+                "node id {node_id} differs from the endpoint's certificate id {}",
+                endpoint.node_id()
+            )));
+        }
+        let openraft_config = Arc::new(cfg.to_openraft()?);
+        let db = open_db(&data_dir.join("raft")).await?;
+        let (log_store, state_machine) = open_stores(&db)?;
+        let state = state_machine.subscribe();
+        let raft = Raft::new(
+            node_id,
+            openraft_config,
+            TransportNetworkFactory::new(endpoint.clone()),
+            log_store.clone(),
+            state_machine,
+        )
+        .await
+        .map_err(|e| RaftError::Storage(e.to_string()))?;
+
+        let core = Arc::new(NodeCore {
+            id: node_id,
+            raft,
+            endpoint: endpoint.clone(),
+            cfg: cfg.clone(),
+            stopped: AtomicBool::new(false),
+        });
+        register_handlers(&endpoint, Arc::downgrade(&core));
+        let (writer_tx, writer_rx) = mpsc::channel(WRITE_QUEUE_DEPTH);
+        let tasks = vec![
+            spawn_writer(core.clone(), writer_rx, cfg.batch_window),
+            spawn_exporter(core.raft.metrics(), log_store.committed_index()),
+        ];
+        tracing::info!(node_id, dir = %data_dir.display(), "raft node open");
+        Ok(Self {
+            core,
+            writer: Mutex::new(Some(writer_tx)),
+            state,
+            log_store,
+            db,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.core.id
+    }
+
+    /// True once this node's log holds a membership (bootstrapped, or joined and replicated).
+    pub fn is_initialized(&self) -> bool {
+        self.core
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .log_id()
+            .is_some()
+    }
+
+    /// Makes this node a one-node cluster and waits until it leads.
+    pub async fn bootstrap(&self, self_addr: PeerAddr) -> Result<(), RaftError> {
+        let members = BTreeMap::from([(self.core.id, self_addr)]);
+        match self.core.raft.initialize(members).await {
+            Ok(()) => {}
+            Err(openraft::error::RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                return Err(RaftError::AlreadyInitialized)
+            }
+            Err(e) => return Err(RaftError::Rejected(e.to_string())),
+        }
+        let timeout = self.core.cfg.write_timeout;
+        self.core
+            .raft
+            .wait(Some(timeout))
+            .current_leader(self.core.id, "bootstrap")
+            .await
+            .map_err(|_| RaftError::Timeout {
+                what: "becoming leader after bootstrap",
+                after: timeout,
+            })?;
+        Ok(())
+    }
+
+    /// Submits commands. They are coalesced with other writes from this node arriving within
+    /// the batch window into one log entry, forwarded to the leader when this node is not
+    /// the leader. Returns once the entry is committed and applied on this node, so that
+    /// [`RaftNode::state`] already shows it, with this write's per-command results.
+    pub async fn write(&self, cmds: Vec<Command>) -> Result<WriteOutcome, RaftError> {
+        if cmds.is_empty() {
+            return Err(RaftError::Rejected(
+                "a write needs at least one command".to_owned(),
+            ));
+        }
+        let writer = self.writer.lock().clone().ok_or(RaftError::ShuttingDown)?;
+        let (reply, outcome) = oneshot::channel();
+        let deadline = self.core.cfg.write_timeout + self.core.cfg.batch_window + WRITE_REPLY_GRACE;
+        let submission = Submission {
+            cmds,
+            reply,
+            submitted: std::time::Instant::now(),
+        };
+        let wait = async {
+            writer
+                .send(submission)
+                .await
+                .map_err(|_| RaftError::ShuttingDown)?;
+            outcome.await.map_err(|_| RaftError::ShuttingDown)?
+        };
+        let outcome =
+            tokio::time::timeout(deadline, wait)
+                .await
+                .map_err(|_| RaftError::Timeout {
+                    what: "raft write",
+                    after: deadline,
+                })??;
+        self.wait_applied(outcome.index, self.core.cfg.write_timeout)
+            .await?;
+        Ok(outcome)
+    }
+
+    /// Adds `id` as a learner and waits until it has caught up (leader-only; forwarded).
+    pub async fn add_learner(&self, id: NodeId, addr: PeerAddr) -> Result<(), RaftError> {
+        self.change_membership(MembershipChange::AddLearner { id, addr })
+            .await
+    }
+
+    /// Makes exactly `voters` the voting members; former voters stay as learners.
+    pub async fn change_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), RaftError> {
+        self.change_membership(MembershipChange::ChangeVoters { voters })
+            .await
+    }
+
+    /// Removes `id` from the membership (voter or learner); a no-op for non-members.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), RaftError> {
+        self.change_membership(MembershipChange::RemoveMember { id })
+            .await
+    }
+
+    /// The live replicated state as applied on this node.
+    pub fn state(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.state.clone()
+    }
+
+    pub fn metrics(&self) -> watch::Receiver<RaftMetrics<NodeId, PeerAddr>> {
+        self.core.raft.metrics()
+    }
+
+    pub fn leader(&self) -> Option<(NodeId, PeerAddr)> {
+        let metrics = self.core.raft.metrics();
+        let m = metrics.borrow();
+        let id = m.current_leader?;
+        let addr = leader::member_addr(&m.membership_config, id)?;
+        Some((id, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.core.raft.metrics().borrow().current_leader == Some(self.core.id)
+    }
+
+    /// (voters, learners) of the latest membership this node knows.
+    pub fn membership(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+        leader::members(&self.core.raft.metrics().borrow().membership_config)
+    }
+
+    /// Waits until this node has applied everything committed before the call (read index
+    /// from the leader) and returns its applied index; a read of [`RaftNode::state`] after
+    /// this sees every write acknowledged before the call.
+    pub async fn linearizable_barrier(&self) -> Result<u64, RaftError> {
+        let timeout = self.core.cfg.write_timeout;
+        let started = Instant::now();
+        let raft = &self.core.raft;
+        let read_index = self
+            .core
+            .on_leader::<ReadIndexMethod, _, _, _>("read index", &(), timeout, |left| {
+                leader::read_index(raft, left)
+            })
+            .await?;
+        let left = timeout.saturating_sub(started.elapsed());
+        self.wait_applied(read_index, left).await
+    }
+
+    /// Entries currently kept in the log (bounded by snapshots + purging).
+    pub fn log_entries_kept(&self) -> usize {
+        self.log_store.len()
+    }
+
+    /// Stops Raft and the writer and flushes storage; pending writes fail with
+    /// [`RaftError::ShuttingDown`]. The data dir can be reopened once this node is dropped.
+    pub async fn shutdown(&self) {
+        self.core.stopped.store(true, Ordering::SeqCst);
+        self.writer.lock().take();
+        if let Err(e) = self.core.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft core ended abnormally");
+        }
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+        if let Err(e) = self.db.flush_async().await {
+            tracing::warn!(error = %e, "flushing raft db at shutdown failed");
+        }
+        tracing::info!(node_id = self.core.id, "raft node shut down");
+    }
+
+    async fn change_membership(&self, change: MembershipChange) -> Result<(), RaftError> {
+        let timeout = self.core.cfg.membership_timeout;
+        let raft = &self.core.raft;
+        self.core
+            .on_leader::<MembershipMethod, _, _, _>("membership change", &change, timeout, |left| {
+                leader::change_membership(raft, change.clone(), left)
+            })
+            .await
+    }
+
+    async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<u64, RaftError> {
+        let metrics = self
+            .core
+            .raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "applied")
+            .await
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(_, _) => RaftError::Timeout {
+                    what: "applying locally",
+                    after: timeout,
+                },
+                openraft::metrics::WaitError::ShuttingDown => RaftError::ShuttingDown,
+            })?;
+        Ok(metrics.last_applied.map(|id| id.index).unwrap_or(0))
+    }
+}
+
+impl NodeCore {
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Proposes one batch on the leader (here or forwarded).
+    pub(crate) async fn write_batch(&self, cmds: Vec<Command>) -> Result<WriteOutcome, RaftError> {
+        let timeout = self.cfg.write_timeout;
+        let raft = &self.raft;
+        self.on_leader::<ForwardMethod, _, _, _>("raft write", &cmds, timeout, |left| {
+            leader::propose(raft, cmds.clone(), left)
+        })
+        .await
+    }
+
+    /// Runs `local` when this node leads, otherwise calls `M` on the leader. Retries once
+    /// when the leader changed under us (it answered NotLeader, or could not be reached or
+    /// went away); a timeout is not retried, since the request may have been applied.
+    async fn on_leader<M, T, F, Fut>(
+        &self,
+        what: &'static str,
+        req: &M::Request,
+        timeout: Duration,
+        local: F,
+    ) -> Result<T, RaftError>
+    where
+        M: Method<Response = Result<T, RemoteError>>,
+        F: Fn(Duration) -> Fut,
+        Fut: Future<Output = Result<T, RemoteError>>,
+    {
+        if self.is_stopped() {
+            return Err(RaftError::ShuttingDown);
+        }
+        let deadline = Instant::now() + timeout;
+        let timed_out = RaftError::Timeout {
+            what,
+            after: timeout,
+        };
+        let mut avoid: Option<(NodeId, u64)> = None;
+        let mut retried = false;
+        loop {
+            let (leader_id, addr) = self.wait_for_leader(deadline, avoid).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let answer = if leader_id == self.id {
+                local(left).await
+            } else {
+                match self.call_leader::<M>(&addr, req, left).await {
+                    Ok(answer) => answer,
+                    Err(RpcError::Connect(_) | RpcError::Closed(_)) if !retried => {
+                        tracing::debug!(leader_id, what, "leader unreachable, retrying once");
+                        retried = true;
+                        avoid = Some((leader_id, self.current_term()));
+                        continue;
+                    }
+                    Err(RpcError::Timeout) => return Err(timed_out),
+                    Err(e) => return Err(RaftError::Transport(e)),
+                }
+            };
+            match answer {
+                Err(RemoteError::NotLeader { .. }) if !retried => {
+                    tracing::debug!(leader_id, what, "leader changed, retrying once");
+                    retried = true;
+                    avoid = Some((leader_id, self.current_term()));
+                }
+                Err(RemoteError::NotLeader { .. }) => return Err(RaftError::NoLeader),
+                Err(RemoteError::Timeout) => return Err(timed_out),
+                other => return other.map_err(RaftError::Remote),
+            }
+        }
+    }
+
+    async fn call_leader<M: Method>(
+        &self,
+        addr: &PeerAddr,
+        req: &M::Request,
+        timeout: Duration,
+    ) -> Result<M::Response, RpcError> {
+        let sock = resolve_peer(&addr.quic).await?;
+        self.endpoint.call_timeout::<M>(sock, req, timeout).await
+    }
+
+    fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// Waits for a known leader; with `avoid = (id, term)`, a leader other than `id`, or `id`
+    /// again in a later term.
+    async fn wait_for_leader(
+        &self,
+        deadline: Instant,
+        avoid: Option<(NodeId, u64)>,
+    ) -> Result<(NodeId, PeerAddr), RaftError> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if let Some(id) = m.current_leader {
+                    let acceptable = match avoid {
+                        Some((bad, term)) => id != bad || m.current_term > term,
+                        None => true,
+                    };
+                    if acceptable {
+                        if let Some(addr) = leader::member_addr(&m.membership_config, id) {
+                            return Ok((id, addr));
+                        }
+                    }
+                }
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Err(_) => return Err(RaftError::NoLeader),
+                Ok(Err(_)) => return Err(RaftError::ShuttingDown),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+}

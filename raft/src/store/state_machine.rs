@@ -1,0 +1,252 @@
+//! The applied [`ClusterState`] in sled, its snapshots, and the watch channel through which
+//! every local reader sees it.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::codec::{decode, encode};
+use crate::model::{BatchResponse, ClusterState};
+use crate::types::{NodeId, PeerAddr, TypeConfig};
+
+const APPLIED_KEY: &[u8] = b"applied";
+const SNAPSHOT_META_KEY: &[u8] = b"meta";
+const SNAPSHOT_DATA_KEY: &[u8] = b"data";
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type Membership = StoredMembership<NodeId, PeerAddr>;
+
+/// Everything the state machine must find again after a restart, written as one record so a
+/// crash can never pair a state with the wrong applied index.
+#[derive(Deserialize)]
+struct AppliedRecord {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: Membership,
+    state: ClusterState,
+}
+
+/// The borrowed twin of [`AppliedRecord`] (same encoding) so persisting copies nothing.
+#[derive(Serialize)]
+struct AppliedRecordRef<'a> {
+    last_applied: &'a Option<LogId<NodeId>>,
+    last_membership: &'a Membership,
+    state: &'a ClusterState,
+}
+
+pub struct SledStateMachine {
+    sm: sled::Tree,
+    snapshots: sled::Tree,
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: Membership,
+    state: Arc<ClusterState>,
+    published: watch::Sender<Arc<ClusterState>>,
+    snapshot_seq: Arc<AtomicU64>,
+}
+
+impl SledStateMachine {
+    pub(crate) fn open(sm: sled::Tree, snapshots: sled::Tree) -> StorageResult<Self> {
+        let record = match sm.get(APPLIED_KEY).map_err(|e| read_sm(&e))? {
+            Some(bytes) => decode::<AppliedRecord>(&bytes).map_err(|e| read_sm(&e))?,
+            None => AppliedRecord {
+                last_applied: None,
+                last_membership: Membership::default(),
+                state: ClusterState::default(),
+            },
+        };
+        let state = Arc::new(record.state);
+        let (published, _) = watch::channel(state.clone());
+        Ok(Self {
+            sm,
+            snapshots,
+            last_applied: record.last_applied,
+            last_membership: record.last_membership,
+            state,
+            published,
+            snapshot_seq: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The live state, updated after every applied chunk.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.published.subscribe()
+    }
+
+    fn persist(&self) -> StorageResult<()> {
+        let record = AppliedRecordRef {
+            last_applied: &self.last_applied,
+            last_membership: &self.last_membership,
+            state: &self.state,
+        };
+        let bytes = encode(&record).map_err(|e| write_sm(&e))?;
+        self.sm
+            .insert(APPLIED_KEY, bytes)
+            .map_err(|e| write_sm(&e))?;
+        Ok(())
+    }
+
+    fn publish(&self) {
+        self.published.send_replace(self.state.clone());
+    }
+}
+
+fn read_sm(e: &dyn std::error::Error) -> StorageIOError<NodeId> {
+    StorageIOError::read_state_machine(openraft::AnyError::error(e.to_string()))
+}
+
+fn write_sm(e: &dyn std::error::Error) -> StorageIOError<NodeId> {
+    StorageIOError::write_state_machine(openraft::AnyError::error(e.to_string()))
+}
+
+fn read_snapshot(e: &dyn std::error::Error) -> StorageIOError<NodeId> {
+    StorageIOError::read_snapshot(None, openraft::AnyError::error(e.to_string()))
+}
+
+fn write_snapshot(e: &dyn std::error::Error) -> StorageIOError<NodeId> {
+    StorageIOError::write_snapshot(None, openraft::AnyError::error(e.to_string()))
+}
+
+/// Stores `meta` + `data` as the current snapshot and makes it durable: the log may be purged
+/// up to it right after.
+async fn store_snapshot(
+    snapshots: &sled::Tree,
+    meta: &SnapshotMeta<NodeId, PeerAddr>,
+    data: &[u8],
+) -> StorageResult<()> {
+    let meta_bytes = encode(meta).map_err(|e| write_snapshot(&e))?;
+    let mut batch = sled::Batch::default();
+    batch.insert(SNAPSHOT_META_KEY, meta_bytes);
+    batch.insert(SNAPSHOT_DATA_KEY, data);
+    snapshots
+        .apply_batch(batch)
+        .map_err(|e| write_snapshot(&e))?;
+    snapshots
+        .flush_async()
+        .await
+        .map_err(|e| write_snapshot(&e))?;
+    Ok(())
+}
+
+/// Builds a snapshot of the state as it was when the builder was taken.
+pub struct SledSnapshotBuilder {
+    snapshots: sled::Tree,
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: Membership,
+    state: Arc<ClusterState>,
+    snapshot_seq: Arc<AtomicU64>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SledSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let data = encode(&*self.state).map_err(|e| write_snapshot(&e))?;
+        let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match self.last_applied {
+            Some(id) => format!("{}-{}-{seq}", id.leader_id, id.index),
+            None => format!("none-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            snapshot_id,
+        };
+        // The flush inside also makes the applied record (same db) at least this recent
+        // durable, so purging the log up to this snapshot can never lose applied state.
+        store_snapshot(&self.snapshots, &meta, &data).await?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built raft snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for SledStateMachine {
+    type SnapshotBuilder = SledSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<BatchResponse>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let state = Arc::make_mut(&mut self.state);
+        let mut responses = Vec::new();
+        for entry in entries {
+            self.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => BatchResponse::default(),
+                EntryPayload::Normal(batch) => state.apply_batch(&batch),
+                EntryPayload::Membership(membership) => {
+                    self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                    BatchResponse::default()
+                }
+            };
+            responses.push(response);
+        }
+        self.persist()?;
+        self.publish();
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SledSnapshotBuilder {
+            snapshots: self.snapshots.clone(),
+            last_applied: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            state: self.state.clone(),
+            snapshot_seq: self.snapshot_seq.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, PeerAddr>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        // Decode before touching anything: a corrupt snapshot must leave the state as it was.
+        let state: ClusterState = decode(&data).map_err(|e| read_snapshot(&e))?;
+        store_snapshot(&self.snapshots, meta, &data).await?;
+        self.state = Arc::new(state);
+        self.last_applied = meta.last_log_id;
+        self.last_membership = meta.last_membership.clone();
+        self.persist()?;
+        self.sm.flush_async().await.map_err(|e| write_sm(&e))?;
+        self.publish();
+        tracing::info!(snapshot = %meta.snapshot_id, "installed raft snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let meta = self
+            .snapshots
+            .get(SNAPSHOT_META_KEY)
+            .map_err(|e| read_snapshot(&e))?;
+        let data = self
+            .snapshots
+            .get(SNAPSHOT_DATA_KEY)
+            .map_err(|e| read_snapshot(&e))?;
+        let (Some(meta), Some(data)) = (meta, data) else {
+            return Ok(None);
+        };
+        let meta = decode(&meta).map_err(|e| read_snapshot(&e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.to_vec())),
+        }))
+    }
+}

@@ -1,0 +1,199 @@
+//! Length-prefixed frames: a u32 big-endian length, then that many payload bytes.
+
+use std::time::Duration;
+
+use quinn::{ReadExactError, RecvStream, SendStream};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::RpcError;
+use crate::metrics;
+use crate::wire::{code_for, decode, encode};
+
+const HEADER_LEN: usize = 4;
+
+pub(crate) async fn write_frame(
+    send: &mut SendStream,
+    payload: &[u8],
+    max: usize,
+) -> Result<(), RpcError> {
+    if payload.len() > max {
+        return Err(RpcError::FrameTooLarge {
+            size: payload.len(),
+            max,
+        });
+    }
+    let len = u32::try_from(payload.len()).map_err(|_| RpcError::FrameTooLarge {
+        size: payload.len(),
+        max,
+    })?;
+    let closed = |e: quinn::WriteError| RpcError::Closed(format!("write failed: {e}"));
+    send.write_all(&len.to_be_bytes()).await.map_err(closed)?;
+    send.write_all(payload).await.map_err(closed)
+}
+
+/// Reads one frame; `Ok(None)` when the peer finished the stream on a frame boundary.
+pub(crate) async fn read_frame(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<Option<Vec<u8>>, RpcError> {
+    let mut header = [0u8; HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(ReadExactError::FinishedEarly(got)) => {
+            return Err(RpcError::Decode(format!(
+                "truncated frame header: {got} of {HEADER_LEN} bytes"
+            )))
+        }
+        Err(ReadExactError::ReadError(e)) => {
+            return Err(RpcError::Closed(format!("read failed: {e}")))
+        }
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > max {
+        return Err(RpcError::FrameTooLarge { size: len, max });
+    }
+    let mut payload = vec![0u8; len];
+    match recv.read_exact(&mut payload).await {
+        Ok(()) => Ok(Some(payload)),
+        Err(ReadExactError::FinishedEarly(got)) => Err(RpcError::Decode(format!(
+            "truncated frame: {got} of {len} bytes"
+        ))),
+        Err(ReadExactError::ReadError(e)) => Err(RpcError::Closed(format!("read failed: {e}"))),
+    }
+}
+
+/// Sending half of a raw framed stream. Every send has a deadline (`frame_timeout`).
+pub struct FramedSend {
+    send: SendStream,
+    max_frame_bytes: usize,
+    frame_timeout: Duration,
+    peer_label: String,
+}
+
+impl std::fmt::Debug for FramedSend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramedSend")
+            .field("peer", &self.peer_label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FramedSend {
+    pub(crate) fn new(
+        send: SendStream,
+        max_frame_bytes: usize,
+        frame_timeout: Duration,
+        peer_label: String,
+    ) -> Self {
+        FramedSend {
+            send,
+            max_frame_bytes,
+            frame_timeout,
+            peer_label,
+        }
+    }
+
+    /// Changes the deadline of each following send (default: the endpoint's `rpc_timeout`).
+    pub fn set_frame_timeout(&mut self, timeout: Duration) {
+        self.frame_timeout = timeout;
+    }
+
+    /// Sends `value` as one postcard frame.
+    pub async fn send<T: Serialize>(&mut self, value: &T) -> Result<(), RpcError> {
+        self.send_bytes(&encode(value)?).await
+    }
+
+    /// Sends `bytes` as one frame (at most `max_frame_bytes`).
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), RpcError> {
+        let max = self.max_frame_bytes;
+        tokio::time::timeout(self.frame_timeout, write_frame(&mut self.send, bytes, max))
+            .await
+            .map_err(|_| RpcError::Timeout)??;
+        metrics::bytes_sent(&self.peer_label, bytes.len() + HEADER_LEN);
+        Ok(())
+    }
+
+    /// Ends the stream and waits (up to the frame deadline) until the peer has received
+    /// everything, so a completed `finish` means the data arrived.
+    pub async fn finish(mut self) -> Result<(), RpcError> {
+        self.send
+            .finish()
+            .map_err(|e| RpcError::Closed(e.to_string()))?;
+        match tokio::time::timeout(self.frame_timeout, self.send.stopped()).await {
+            Err(_) => Err(RpcError::Timeout),
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(code))) => Err(RpcError::Closed(format!(
+                "peer stopped the stream with code {code}"
+            ))),
+            Ok(Err(e)) => Err(RpcError::Closed(e.to_string())),
+        }
+    }
+}
+
+/// Receiving half of a raw framed stream. A frame that is too large, truncated or
+/// undecodable stops the stream with an error code.
+pub struct FramedRecv {
+    recv: RecvStream,
+    max_frame_bytes: usize,
+    frame_timeout: Duration,
+    peer_label: String,
+}
+
+impl std::fmt::Debug for FramedRecv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramedRecv")
+            .field("peer", &self.peer_label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FramedRecv {
+    pub(crate) fn new(
+        recv: RecvStream,
+        max_frame_bytes: usize,
+        frame_timeout: Duration,
+        peer_label: String,
+    ) -> Self {
+        FramedRecv {
+            recv,
+            max_frame_bytes,
+            frame_timeout,
+            peer_label,
+        }
+    }
+
+    /// Changes the deadline of each following receive (default: the endpoint's `rpc_timeout`).
+    pub fn set_frame_timeout(&mut self, timeout: Duration) {
+        self.frame_timeout = timeout;
+    }
+
+    /// Next frame decoded as `T`; `Ok(None)` once the peer finished the stream.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, RpcError> {
+        let Some(bytes) = self.recv_bytes().await? else {
+            return Ok(None);
+        };
+        decode(&bytes).map(Some).map_err(|e| self.fail(e))
+    }
+
+    /// Next frame's raw bytes; `Ok(None)` once the peer finished the stream.
+    pub async fn recv_bytes(&mut self) -> Result<Option<Vec<u8>>, RpcError> {
+        let max = self.max_frame_bytes;
+        let frame = tokio::time::timeout(self.frame_timeout, read_frame(&mut self.recv, max))
+            .await
+            .map_err(|_| RpcError::Timeout)
+            .and_then(|read| read)
+            .map_err(|e| self.fail(e))?;
+        if let Some(bytes) = &frame {
+            metrics::bytes_received(&self.peer_label, bytes.len() + HEADER_LEN);
+        }
+        Ok(frame)
+    }
+
+    fn fail(&mut self, err: RpcError) -> RpcError {
+        // Already-closed streams cannot be stopped again; nothing more to do then.
+        let _ = self.recv.stop(code_for(&err));
+        err
+    }
+}
