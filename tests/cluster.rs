@@ -246,10 +246,10 @@ fn operator_errors_are_clear() {
     assert!(busy.log().contains("cannot listen for HTTP"), "{}", busy.log());
 
     // Data dir of another cluster.
-    let other = Cluster::start(1, &[]).unwrap();
+    let mut other = Cluster::start(1, &[]).unwrap();
+    other.peers[0].kill9();
     let mut stray = Peer::new(c.root.path(), "stray");
     stray.data_dir = other.peers[0].data_dir.clone();
-    drop(other);
     stray.join = Some((c.peers[0].quic, c.token.clone()));
     stray.start().unwrap();
     assert_ne!(stray.wait_exit(Duration::from_secs(10)).unwrap(), Some(0));
@@ -273,13 +273,14 @@ fn ctl_lists_members_prints_the_token_and_removes_a_member() {
     wait_members(&c.peers[0], 3, 3, 0);
     c.add_peer(&[]).unwrap();
     wait_members(&c.peers[0], 4, 3, 1);
+    let (url1, dir1) = (c.peers[1].url(), c.peers[1].data_dir.clone());
     let ctl = |args: &[&str]| -> (bool, String) {
         let out = std::process::Command::new(stator_bin())
             .arg("ctl")
             .arg("--peer")
-            .arg(c.peers[1].url())
+            .arg(&url1)
             .arg("--data-dir")
-            .arg(&c.peers[1].data_dir)
+            .arg(&dir1)
             .args(args)
             .output()
             .unwrap();

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use stator_raft::model::{Command, NodeInfo, NodeStatus};
 use stator_raft::{RaftConfig, RaftNode};
 use stator_raft::types::PeerAddr;
-use stator_transport::{ClusterCa, Endpoint, JoinToken, NodeIdentity, NodeKey, TransportConfig};
+use stator_transport::{ClusterCa, Endpoint, JoinToken, NodeIdentity, NodeKey, RpcError, TransportConfig};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -199,7 +199,13 @@ async fn join_identity(data_dir: &DataDir, args: &PeerArgs, via: SocketAddr) -> 
     let response = loop {
         match stator_transport::call_join::<Join>(via, &token, &request, Duration::from_secs(3)).await {
             Ok(r) => break r,
-            Err(e) if is_refusal(&e) => bail!("the cluster at {via} refused to admit this peer: {e}"),
+            Err(e) if is_wrong_cluster(&e) => bail!(
+                "the peer at {via} is not part of the cluster this token is for (its CA \
+                 fingerprint differs from the token's): {e}"
+            ),
+            Err(e @ (RpcError::Remote(_) | RpcError::NotAuthorized(_))) => {
+                bail!("the cluster at {via} refused to admit this peer: {e}")
+            }
             Err(e) => {
                 if tokio::time::Instant::now() + backoff > deadline {
                     bail!(
@@ -230,11 +236,9 @@ async fn join_identity(data_dir: &DataDir, args: &PeerArgs, via: SocketAddr) -> 
     Ok((record, identity, Start::Join { via }))
 }
 
-/// Errors that retrying cannot fix: a wrong secret, a certificate for another cluster.
-fn is_refusal(e: &stator_transport::RpcError) -> bool {
-    use stator_transport::RpcError;
-    matches!(e, RpcError::Remote(_) | RpcError::NotAuthorized(_))
-        || e.to_string().to_lowercase().contains("fingerprint")
+/// The server's certificate chain does not lead to the token's CA: retrying cannot help.
+fn is_wrong_cluster(e: &RpcError) -> bool {
+    matches!(e, RpcError::Connect(m) if m.contains("named by the join token"))
 }
 
 async fn admit(endpoint: &Endpoint, via: SocketAddr, info: &NodeInfo, timeout: Duration) -> Result<()> {

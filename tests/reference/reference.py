@@ -181,8 +181,23 @@ def rms_norm(x, w, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def rope_tables(positions, head_dim, theta):
+def llama3_scaled(inv_freq, scaling):
+    """Llama 3.1 frequency bands: keep short wavelengths, stretch long ones by `factor`,
+    interpolate between."""
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    original = scaling["original_max_position_embeddings"]
+    wavelen = 2 * np.pi / inv_freq
+    stretched = np.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return np.where(medium, blended, stretched)
+
+
+def rope_tables(positions, head_dim, theta, scaling=None):
     inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    if scaling is not None:
+        inv_freq = llama3_scaled(inv_freq, scaling)
     angles = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
     return np.cos(angles), np.sin(angles)
 
@@ -218,7 +233,7 @@ class Model:
         nh, nkv, hd = c["n_heads"], c["n_kv_heads"], c["head_dim"]
         n = len(token_ids)
         positions = np.arange(start_pos, start_pos + n)
-        cos, sin = rope_tables(positions, hd, c["theta"])
+        cos, sin = rope_tables(positions, hd, c["theta"], c.get("rope_scaling"))
         x = self.w["embed"][token_ids]
         for layer, kv in zip(self.w["layers"], cache):
             h = rms_norm(x, layer["attn_norm"], c["eps"])

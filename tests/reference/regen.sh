@@ -10,3 +10,4 @@ if [[ ! -f "$model" ]]; then
 fi
 python3 -c 'import gguf, numpy' 2>/dev/null || python3 -m pip install --quiet gguf numpy
 python3 "$here/reference.py" "$model" "$here/fixtures/smollm2_greedy.json"
+python3 "$here/tiny_reference.py" "$here/fixtures/tiny_bias_llama3.json"

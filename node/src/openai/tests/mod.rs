@@ -3,5 +3,7 @@
 mod cancel;
 mod chat;
 mod completions;
+mod engine;
 mod errors;
+mod metrics;
 mod support;
