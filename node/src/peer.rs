@@ -112,7 +112,7 @@ pub async fn run(args: PeerArgs) -> Result<()> {
     };
     let health = cluster::spawn_duties(endpoint.clone(), raft.clone(), cluster_cfg, shutdown_rx.clone());
 
-    let api = serving::build(&args.engine).await?;
+    let serving = serving::build(&args.engine).await?;
     let app = http::App {
         node_id: record.node_id,
         cluster_id: record.cluster_id.clone(),
@@ -123,7 +123,10 @@ pub async fn run(args: PeerArgs) -> Result<()> {
         admin_token,
         shutdown: shutdown_tx.clone(),
     };
-    let served = http::serve(http_listener, app, api, shutdown_rx).await;
+    let served = http::serve(http_listener, app, serving.router, shutdown_rx).await;
+    if let Some(engine) = &serving.engine {
+        engine.shutdown();
+    }
 
     info!("shutting down");
     let _ = shutdown_tx.send(true);

@@ -1,24 +1,119 @@
-//! Builds what this peer serves on the OpenAI API: the local engine, or nothing.
+//! Builds what this peer serves on the OpenAI API: a local engine on the model given with
+//! `--model` (or the default model), or nothing (`--no-model`).
 
-use anyhow::Result;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Json, Router};
-use tracing::warn;
+use stator_gpu::backend::cpu::CpuBackend;
+use stator_gpu::engine::{Engine, EngineConfig, EngineHandle};
+use stator_gpu::loader::{default_model_path, load_model};
+use stator_gpu::presets::parse_random_weights_spec;
+use stator_gpu::random_weights::random_weights;
+use tracing::{info, warn};
 
 use crate::cli::EngineArgs;
+use crate::openai::{self, ApiState};
 
-/// The OpenAI API router for this peer.
-pub async fn build(args: &EngineArgs) -> Result<Router> {
-    if args.no_model {
-        return Ok(no_model_router("this peer runs without a model (--no-model)"));
-    }
-    warn!("the engine is not wired into the peer yet; serving without a model");
-    Ok(no_model_router("this peer has no model loaded"))
+/// Seed of `--random-weights` models: fixed, so every peer builds the same model.
+const RANDOM_WEIGHTS_SEED: u64 = 0x5747_0001;
+
+/// What the peer serves; `engine` is `None` when it runs without a model.
+pub struct Serving {
+    pub router: Router,
+    pub engine: Option<EngineHandle>,
 }
 
-fn no_model_router(reason: &'static str) -> Router {
-    Router::new().nest_service(
+pub async fn build(args: &EngineArgs) -> Result<Serving> {
+    if args.no_model {
+        return Ok(no_model("this peer runs without a model (--no-model)"));
+    }
+    let path = match &args.model {
+        Some(p) => {
+            if !p.exists() {
+                bail!("--model {} does not exist", p.display());
+            }
+            p.clone()
+        }
+        None => {
+            let p = default_model_path();
+            if !p.exists() {
+                warn!(path = %p.display(), "no model given and the default model is not installed; serving without a model (run tools/fetch-model.sh, or pass --model)");
+                return Ok(no_model("no model loaded: start the peer with --model PATH or run tools/fetch-model.sh"));
+            }
+            p
+        }
+    };
+    let args = args.clone();
+    let (engine, tokenizer, name) = tokio::task::spawn_blocking(move || start_engine(path, &args))
+        .await
+        .context("the model loader panicked")??;
+    let context_length = engine.max_model_len();
+    let state = Arc::new(ApiState {
+        model_name: name,
+        tokenizer: Arc::new(tokenizer),
+        context_length,
+        source: Arc::new(engine.clone()),
+        default_max_tokens: 256.min(context_length),
+    });
+    Ok(Serving { router: openai::router(state), engine: Some(engine) })
+}
+
+fn start_engine(path: PathBuf, args: &EngineArgs) -> Result<(EngineHandle, stator_gpu::tokenizer::Tokenizer, String)> {
+    let t0 = std::time::Instant::now();
+    let loaded = load_model(&path).with_context(|| format!("cannot load the model {}", path.display()))?;
+    let mut name = args.served_model_name.clone().unwrap_or_else(|| served_name_from_path(&path));
+    let (config, weights) = match &args.random_weights {
+        None => (loaded.config, loaded.weights),
+        Some(spec) => {
+            let mut config = parse_random_weights_spec(spec).with_context(|| format!("--random-weights {spec}"))?;
+            // Token ids come from the served model's tokenizer, so the vocabulary must be its own.
+            config.vocab_size = loaded.tokenizer.vocab_size();
+            info!(spec = %spec, params = config.num_parameters(), vocab = config.vocab_size, "building seeded random weights");
+            let weights = random_weights(&config, RANDOM_WEIGHTS_SEED);
+            if args.served_model_name.is_none() {
+                name = spec.rsplit('/').next().unwrap_or(spec).to_string();
+            }
+            (config, weights)
+        }
+    };
+    let kv_bytes = args.kv_cache_mib.saturating_mul(1024 * 1024);
+    let backend = CpuBackend::with_memory_budget(config, weights, kv_bytes, args.block_size)
+        .context("cannot create the CPU backend")?;
+    let engine = Engine::start(
+        Box::new(backend),
+        EngineConfig {
+            max_num_seqs: args.max_num_seqs,
+            max_batch_tokens: args.max_batch_tokens,
+            max_queue: args.max_queue,
+            enable_prefix_caching: true,
+        },
+        loaded.tokenizer.eos_ids().to_vec(),
+    );
+    info!(model = %name, path = %path.display(), context = engine.max_model_len(), load_s = t0.elapsed().as_secs_f64(), "model loaded; engine started");
+    Ok((engine, loaded.tokenizer, name))
+}
+
+/// `SmolLM2-135M-Instruct.Q4_1.gguf` → `SmolLM2-135M-Instruct`; a directory → its name.
+fn served_name_from_path(path: &std::path::Path) -> String {
+    let stem = if path.is_dir() { path.file_name() } else { path.file_stem() };
+    let stem = stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    match stem.rsplit_once('.') {
+        Some((base, quant)) if is_quant_tag(quant) => base.to_string(),
+        _ => stem,
+    }
+}
+
+fn is_quant_tag(tag: &str) -> bool {
+    let t = tag.to_ascii_uppercase();
+    t.starts_with('Q') && t[1..].starts_with(|c: char| c.is_ascii_digit()) || ["F16", "F32", "BF16"].contains(&t.as_str())
+}
+
+fn no_model(reason: &'static str) -> Serving {
+    let router = Router::new().nest_service(
         "/v1",
         axum::routing::any(move || async move {
             (
@@ -27,5 +122,19 @@ fn no_model_router(reason: &'static str) -> Router {
             )
                 .into_response()
         }),
-    )
+    );
+    Serving { router, engine: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_names_drop_the_extension_and_quant_tag() {
+        let p = std::path::Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert_eq!(served_name_from_path(p), "SmolLM2-135M-Instruct");
+        assert_eq!(served_name_from_path(std::path::Path::new("/m/llama.F16.gguf")), "llama");
+        assert_eq!(served_name_from_path(std::path::Path::new("/m/Qwen2.5-0.5B.gguf")), "Qwen2.5-0.5B");
+    }
 }

@@ -82,6 +82,11 @@ impl RaftNode {
         )
         .await
         .map_err(|e| RaftError::Storage(e.to_string()))?;
+        // A round trip through the core guarantees its metrics already reflect the stored
+        // state, so `is_initialized` is right from the start.
+        raft.is_initialized()
+            .await
+            .map_err(|e| RaftError::Storage(e.to_string()))?;
 
         let core = Arc::new(NodeCore {
             id: node_id,

@@ -193,3 +193,50 @@ async fn removed_member_leaves_the_membership() {
         p.kill().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_learner_catches_up_from_a_snapshot() {
+    let cfg = stator_raft::RaftConfig {
+        snapshot_every_entries: 50,
+        max_in_snapshot_log_to_keep: 0,
+        ..test_config()
+    };
+    let ca = ClusterCa::generate("raft-test").expect("ca");
+    let dirs = [(); 2].map(|_| TempDir::new().expect("temp dir"));
+    let leader = start_peer(&ca, 1, dirs[0].path(), localhost(), cfg.clone()).await;
+    leader
+        .node
+        .bootstrap(leader.peer_addr())
+        .await
+        .expect("bootstrap");
+    for i in 0..300 {
+        leader
+            .node
+            .write(vec![put(&format!("k{i}"), "v")])
+            .await
+            .expect("write");
+    }
+    eventually(Duration::from_secs(3), "leader purged its log", || {
+        leader.node.metrics().borrow().purged.is_some()
+    })
+    .await;
+
+    let learner = start_peer(&ca, 2, dirs[1].path(), localhost(), cfg).await;
+    leader
+        .node
+        .add_learner(2, learner.peer_addr())
+        .await
+        .expect("add learner");
+    eventually(Duration::from_secs(5), "learner has the full state", || {
+        state_of(&learner.node).meta.len() == 300
+    })
+    .await;
+    assert!(
+        learner.node.metrics().borrow().snapshot.is_some(),
+        "the learner was brought up by a snapshot"
+    );
+    assert_eq!(learner.node.membership().1, BTreeSet::from([2]));
+
+    learner.kill().await;
+    leader.kill().await;
+}

@@ -11,6 +11,7 @@ use crate::metrics;
 use crate::wire::{code_for, decode, encode};
 
 const HEADER_LEN: usize = 4;
+const PREALLOCATE_LIMIT: usize = 64 * 1024;
 
 pub(crate) async fn write_frame(
     send: &mut SendStream,
@@ -54,14 +55,22 @@ pub(crate) async fn read_frame(
     if len > max {
         return Err(RpcError::FrameTooLarge { size: len, max });
     }
-    let mut payload = vec![0u8; len];
-    match recv.read_exact(&mut payload).await {
-        Ok(()) => Ok(Some(payload)),
-        Err(ReadExactError::FinishedEarly(got)) => Err(RpcError::Decode(format!(
-            "truncated frame: {got} of {len} bytes"
-        ))),
-        Err(ReadExactError::ReadError(e)) => Err(RpcError::Closed(format!("read failed: {e}"))),
+    // Grows with the bytes that actually arrive, so a peer announcing a large frame and
+    // sending nothing cannot make us allocate the announced size.
+    let mut payload = Vec::with_capacity(len.min(PREALLOCATE_LIMIT));
+    while payload.len() < len {
+        match recv.read_chunk(len - payload.len(), true).await {
+            Ok(Some(chunk)) => payload.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(RpcError::Decode(format!(
+                    "truncated frame: {} of {len} bytes",
+                    payload.len()
+                )))
+            }
+            Err(e) => return Err(RpcError::Closed(format!("read failed: {e}"))),
+        }
     }
+    Ok(Some(payload))
 }
 
 /// Sending half of a raw framed stream. Every send has a deadline (`frame_timeout`).

@@ -7,6 +7,18 @@
 //! Wire format: every bidirectional stream starts with one frame (u32 big-endian length +
 //! postcard payload) naming an RPC method with its request, or a raw stream. An RPC gets one
 //! response frame carrying `Result<payload, RpcError>`. A bad frame closes only its stream.
+//!
+//! Security: TLS 1.3 only (ring provider). Node certificates carry the DNS names
+//! `stator.cluster` (verified by clients) and `node-<id>.stator.cluster` (the id the server
+//! reports in [`PeerInfo::node_id`]); servers send [node cert, CA cert]. ALPN `stator/1`
+//! requires a cluster client certificate (else the connection is closed with code 0x10);
+//! ALPN `stator-join/1` needs none and reaches only methods registered with
+//! [`Endpoint::register_join`], with frames limited to 1 MiB.
+//!
+//! Metrics: `stator_transport_bytes_sent_total{peer}`, `stator_transport_bytes_received_total{peer}`
+//! (peer = node id, or address when unknown), `stator_transport_streams_total{direction}`,
+//! `stator_transport_rpc_seconds{method}`, `stator_transport_rpc_errors_total{method,kind}`,
+//! `stator_transport_connections`, `stator_transport_datagrams_dropped_total`.
 
 mod config;
 mod endpoint;

@@ -7,7 +7,8 @@ use metrics::{counter, gauge, histogram};
 use crate::error::RpcError;
 
 pub(crate) fn bytes_sent(peer: &str, bytes: usize) {
-    counter!("stator_transport_bytes_sent_total", "peer" => peer.to_owned()).increment(bytes as u64);
+    counter!("stator_transport_bytes_sent_total", "peer" => peer.to_owned())
+        .increment(bytes as u64);
 }
 
 pub(crate) fn bytes_received(peer: &str, bytes: usize) {

@@ -156,12 +156,10 @@ impl ServerCertVerifier for PinnedCaVerifier {
                     self.ca_fingerprint
                 ))
             })?;
-        let pinned = WebPkiServerVerifier::builder_with_provider(
-            ca_roots(ca)?,
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let pinned =
+            WebPkiServerVerifier::builder_with_provider(ca_roots(ca)?, self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         pinned.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 

@@ -1,1 +1,364 @@
-//! (being written)
+//! The CPU reference backend: an exact f32 Llama/Qwen2 forward pass over a paged KV cache.
+//!
+//! Every token of a step goes through each projection as one matrix product (`gemm`,
+//! multi-threaded), attention runs per (sequence, head, query chunk) on rayon, and all
+//! intermediate buffers live in a scratch area reused across steps.
+
+mod attention;
+mod kernels;
+mod kv_cache;
+mod packed;
+mod rope;
+#[cfg(target_arch = "x86_64")]
+mod small_batch;
+
+use attention::{paged_attention, HeadShape, QueryChunk, QUERY_CHUNK};
+use kernels::{matmul_transposed, rms_norm, silu_mul};
+use kv_cache::KvCache;
+use packed::PackedWeights;
+use rope::{rotate_heads, RopeFrequencies};
+
+use crate::backend::{Backend, BackendError, KvDtype, KvLayout, Logits, SeqStep};
+use crate::config::ModelConfig;
+use crate::weights::ModelWeights;
+
+pub struct CpuBackend {
+    config: ModelConfig,
+    weights: PackedWeights,
+    cache: KvCache,
+    rope: RopeFrequencies,
+    scratch: Scratch,
+}
+
+/// Per-step buffers, grown to the largest step seen and then reused.
+#[derive(Default)]
+struct Scratch {
+    /// Residual stream `[tokens, hidden]`.
+    hidden: Vec<f32>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    positions: Vec<usize>,
+    /// (block id, slot in block) for every token of the step.
+    slots: Vec<(usize, usize)>,
+    chunks: Vec<QueryChunk>,
+    logit_rows: Vec<f32>,
+    logit_rows_normed: Vec<f32>,
+}
+
+fn resized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buffer.resize(len, 0.0);
+    buffer
+}
+
+impl CpuBackend {
+    /// A backend with `num_kv_blocks` blocks of `block_size` tokens each.
+    pub fn new(
+        config: ModelConfig,
+        weights: ModelWeights,
+        num_kv_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self, BackendError> {
+        check_config(&config)?;
+        if block_size == 0 {
+            return Err(BackendError::InvalidBatch(
+                "block_size must be at least 1".into(),
+            ));
+        }
+        let layout = Self::layout_for(&config, block_size);
+        let weights = PackedWeights::pack(&config, weights)?;
+        let cache = KvCache::new(layout, num_kv_blocks)?;
+        tracing::info!(
+            blocks = num_kv_blocks,
+            block_size,
+            kv_mib = num_kv_blocks * cache.layout().bytes_per_block() / (1024 * 1024),
+            threads = rayon::current_num_threads(),
+            "CPU backend ready"
+        );
+        Ok(Self {
+            rope: RopeFrequencies::new(&config),
+            config,
+            weights,
+            cache,
+            scratch: Scratch::default(),
+        })
+    }
+
+    /// A backend with as many KV blocks as fit in `kv_bytes`.
+    pub fn with_memory_budget(
+        config: ModelConfig,
+        weights: ModelWeights,
+        kv_bytes: usize,
+        block_size: usize,
+    ) -> Result<Self, BackendError> {
+        let per_block = Self::layout_for(&config, block_size.max(1))
+            .bytes_per_block()
+            .max(1);
+        let blocks = kv_bytes / per_block;
+        if blocks == 0 {
+            return Err(BackendError::OutOfMemory(format!(
+                "a KV budget of {kv_bytes} bytes holds no block ({per_block} bytes each)"
+            )));
+        }
+        Self::new(config, weights, blocks, block_size)
+    }
+
+    /// The KV layout a CPU backend uses for `config` (always f32).
+    pub fn layout_for(config: &ModelConfig, block_size: usize) -> KvLayout {
+        KvLayout {
+            num_layers: config.num_layers,
+            num_kv_heads: config.num_kv_heads,
+            head_dim: config.head_dim,
+            block_size,
+            dtype: KvDtype::F32,
+        }
+    }
+
+    fn validate(&self, batch: &[SeqStep<'_>]) -> Result<(), BackendError> {
+        let block_size = self.cache.layout().block_size;
+        for (i, step) in batch.iter().enumerate() {
+            if step.tokens.is_empty() {
+                return Err(BackendError::InvalidBatch(format!(
+                    "step {i} has no tokens"
+                )));
+            }
+            if let Some(bad) = step
+                .tokens
+                .iter()
+                .find(|&&t| t as usize >= self.config.vocab_size)
+            {
+                return Err(BackendError::InvalidBatch(format!(
+                    "step {i}: token id {bad} is outside the vocabulary ({})",
+                    self.config.vocab_size
+                )));
+            }
+            let end = step
+                .start_pos
+                .checked_add(step.tokens.len())
+                .ok_or_else(|| {
+                    BackendError::InvalidBatch(format!(
+                        "step {i}: start_pos {} overflows",
+                        step.start_pos
+                    ))
+                })?;
+            let needed = end.div_ceil(block_size);
+            if step.block_table.len() < needed {
+                return Err(BackendError::InvalidBatch(format!(
+                    "step {i}: positions 0..{end} need {needed} blocks, block table has {}",
+                    step.block_table.len()
+                )));
+            }
+            if let Some(bad) = step.block_table[..needed]
+                .iter()
+                .find(|&&b| b as usize >= self.cache.num_blocks())
+            {
+                return Err(BackendError::InvalidBatch(format!(
+                    "step {i}: block id {bad} out of range (this backend has {} blocks)",
+                    self.cache.num_blocks()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills positions, cache slots, rotary tables and attention work units for the batch.
+    fn plan_step(&mut self, batch: &[SeqStep<'_>]) {
+        let block_size = self.cache.layout().block_size;
+        let s = &mut self.scratch;
+        s.positions.clear();
+        s.slots.clear();
+        s.chunks.clear();
+        for (seq, step) in batch.iter().enumerate() {
+            let first_row = s.positions.len();
+            for pos in step.start_pos..step.start_pos + step.tokens.len() {
+                s.positions.push(pos);
+                s.slots.push((
+                    step.block_table[pos / block_size] as usize,
+                    pos % block_size,
+                ));
+            }
+            for offset in (0..step.tokens.len()).step_by(QUERY_CHUNK) {
+                s.chunks.push(QueryChunk {
+                    seq,
+                    first_row: first_row + offset,
+                    first_pos: step.start_pos + offset,
+                    len: QUERY_CHUNK.min(step.tokens.len() - offset),
+                });
+            }
+        }
+        let half = self.rope.half_dim();
+        let rows = s.positions.len();
+        let (cos, sin) = (
+            resized(&mut s.cos, rows * half),
+            resized(&mut s.sin, rows * half),
+        );
+        self.rope.fill_tables(&s.positions, cos, sin);
+    }
+
+    fn run_layer(&mut self, layer_index: usize, block_tables: &[&[u32]]) {
+        let c = &self.config;
+        let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let q_dim = c.num_heads * hd;
+        let kv_dim = c.num_kv_heads * hd;
+        let qkv_width = q_dim + 2 * kv_dim;
+        let half = hd / 2;
+        let layer = &self.weights.layers[layer_index];
+        let s = &mut self.scratch;
+        let rows = s.positions.len();
+
+        let normed = resized(&mut s.normed, rows * h);
+        rms_norm(normed, &s.hidden, &layer.attn_norm, c.rms_norm_eps);
+        let qkv = resized(&mut s.qkv, rows * qkv_width);
+        matmul_transposed(qkv, normed, &layer.qkv, rows, h, qkv_width, false);
+        for (t, row) in qkv.chunks_exact_mut(qkv_width).enumerate() {
+            if let Some(bias) = &layer.qkv_bias {
+                row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+            }
+            let (cos, sin) = (
+                &s.cos[t * half..(t + 1) * half],
+                &s.sin[t * half..(t + 1) * half],
+            );
+            rotate_heads(&mut row[..q_dim + kv_dim], cos, sin);
+            let (block, slot) = s.slots[t];
+            let (k, v) = row[q_dim..].split_at(kv_dim);
+            self.cache.write_token(block, layer_index, slot, k, v);
+        }
+
+        let shape = HeadShape {
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: hd,
+            block_size: self.cache.layout().block_size,
+        };
+        let attn = resized(&mut s.attn, rows * q_dim);
+        paged_attention(
+            attn,
+            &s.qkv,
+            qkv_width,
+            &s.chunks,
+            block_tables,
+            &self.cache,
+            layer_index,
+            shape,
+        );
+        matmul_transposed(&mut s.hidden, attn, &layer.wo, rows, q_dim, h, true);
+
+        rms_norm(&mut s.normed, &s.hidden, &layer.ffn_norm, c.rms_norm_eps);
+        let gate_up = resized(&mut s.gate_up, rows * 2 * inter);
+        matmul_transposed(
+            gate_up,
+            &s.normed,
+            &layer.gate_up,
+            rows,
+            h,
+            2 * inter,
+            false,
+        );
+        let act = resized(&mut s.act, rows * inter);
+        silu_mul(act, gate_up, inter);
+        matmul_transposed(&mut s.hidden, act, &layer.down, rows, inter, h, true);
+    }
+
+    /// Final norm and output projection for the last token of each step that wants logits.
+    fn logits(&mut self, batch: &[SeqStep<'_>]) -> Logits {
+        let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        let s = &mut self.scratch;
+        s.logit_rows.clear();
+        let mut end_row = 0;
+        for step in batch {
+            end_row += step.tokens.len();
+            if step.want_logits {
+                s.logit_rows
+                    .extend_from_slice(&s.hidden[(end_row - 1) * h..end_row * h]);
+            }
+        }
+        let rows = s.logit_rows.len() / h;
+        let normed = resized(&mut s.logit_rows_normed, rows * h);
+        rms_norm(
+            normed,
+            &s.logit_rows,
+            &self.weights.final_norm,
+            self.config.rms_norm_eps,
+        );
+        let mut data = vec![0f32; rows * vocab];
+        matmul_transposed(
+            &mut data,
+            normed,
+            self.weights.output_matrix(),
+            rows,
+            h,
+            vocab,
+            false,
+        );
+        Logits {
+            vocab_size: vocab,
+            data,
+        }
+    }
+}
+
+fn check_config(c: &ModelConfig) -> Result<(), BackendError> {
+    let bad = |what: &str| {
+        Err(BackendError::Device(format!(
+            "unsupported model config: {what}"
+        )))
+    };
+    if c.num_heads == 0 || c.num_kv_heads == 0 || !c.num_heads.is_multiple_of(c.num_kv_heads) {
+        return bad("num_heads must be a positive multiple of num_kv_heads");
+    }
+    if c.head_dim == 0 || !c.head_dim.is_multiple_of(2) {
+        return bad("head_dim must be even and positive");
+    }
+    if c.hidden_size == 0 || c.vocab_size == 0 {
+        return bad("hidden_size and vocab_size must be positive");
+    }
+    Ok(())
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn kv_layout(&self) -> &KvLayout {
+        self.cache.layout()
+    }
+
+    fn num_kv_blocks(&self) -> usize {
+        self.cache.num_blocks()
+    }
+
+    fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Logits, BackendError> {
+        self.validate(batch)?;
+        self.plan_step(batch);
+        let h = self.config.hidden_size;
+        let rows = self.scratch.positions.len();
+        let hidden = resized(&mut self.scratch.hidden, rows * h);
+        let tokens = batch.iter().flat_map(|step| step.tokens.iter());
+        for (row, &token) in hidden.chunks_exact_mut(h).zip(tokens) {
+            let token = token as usize;
+            row.copy_from_slice(&self.weights.embed[token * h..(token + 1) * h]);
+        }
+        let block_tables: Vec<&[u32]> = batch.iter().map(|step| step.block_table).collect();
+        for layer in 0..self.config.num_layers {
+            self.run_layer(layer, &block_tables);
+        }
+        Ok(self.logits(batch))
+    }
+
+    fn export_blocks(&self, blocks: &[u32], out: &mut Vec<u8>) -> Result<(), BackendError> {
+        self.cache.export(blocks, out)
+    }
+
+    fn import_blocks(&mut self, blocks: &[u32], data: &[u8]) -> Result<(), BackendError> {
+        self.cache.import(blocks, data)
+    }
+}

@@ -5,6 +5,7 @@
 //! the CUDA backend implement this trait, so everything above it is backend-agnostic.
 
 pub mod cpu;
+pub mod cuda;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +43,11 @@ pub struct KvLayout {
 impl KvLayout {
     /// Bytes of one block: K and V, every layer.
     pub fn bytes_per_block(&self) -> usize {
-        2 * self.num_layers * self.num_kv_heads * self.head_dim * self.block_size * self.dtype.size_bytes()
+        2 * self.num_layers
+            * self.num_kv_heads
+            * self.head_dim
+            * self.block_size
+            * self.dtype.size_bytes()
     }
 }
 

@@ -19,6 +19,9 @@ pub struct Generation {
     assembler: TextAssembler,
     metrics: RequestMetrics,
     span: tracing::Span,
+    /// The index of the next token the client has not seen: a source that resumed a
+    /// generation elsewhere may send earlier indexes again, and those are skipped.
+    next_index: usize,
 }
 
 /// A whole generation, for non-streaming responses.
@@ -71,6 +74,7 @@ pub async fn start(
         assembler,
         metrics,
         span,
+        next_index: 0,
     })
 }
 
@@ -89,9 +93,20 @@ impl Generation {
         loop {
             let events = self.events.as_mut()?;
             let outcome = match events.next().await {
+                Some(EngineEvent::Token { index, .. }) if index < self.next_index => continue,
+                Some(EngineEvent::Token { index, .. }) if index > self.next_index => {
+                    self.events = None;
+                    tracing::warn!(
+                        index,
+                        expected = self.next_index,
+                        "token stream skipped tokens"
+                    );
+                    return Some(Err(ApiError::internal("The generation lost tokens.")));
+                }
                 Some(EngineEvent::Token {
                     token, logprobs, ..
                 }) => {
+                    self.next_index += 1;
                     self.metrics.on_token();
                     self.assembler.on_token(token, logprobs.as_ref())
                 }

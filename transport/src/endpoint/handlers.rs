@@ -47,9 +47,8 @@ impl Handlers {
         let erased: RpcHandler = Arc::new(move |peer, payload| {
             let handler = handler.clone();
             Box::pin(async move {
-                let request: M::Request = decode(&payload).map_err(|e| {
-                    RpcError::Decode(format!("request of {}: {e}", M::NAME))
-                })?;
+                let request: M::Request = decode(&payload)
+                    .map_err(|e| RpcError::Decode(format!("request of {}: {e}", M::NAME)))?;
                 let response = handler(peer, request).await?;
                 encode(&response)
             })
@@ -62,7 +61,10 @@ impl Handlers {
             },
         );
         if previous.is_some() {
-            tracing::warn!(method = M::NAME, "RPC handler registered twice; the last one wins");
+            tracing::warn!(
+                method = M::NAME,
+                "RPC handler registered twice; the last one wins"
+            );
         }
     }
 
@@ -74,7 +76,10 @@ impl Handlers {
         let erased: StreamHandler =
             Arc::new(move |peer, send, recv| Box::pin(handler(peer, send, recv)));
         if self.streams.write().insert(name, erased).is_some() {
-            tracing::warn!(stream = name, "stream handler registered twice; the last one wins");
+            tracing::warn!(
+                stream = name,
+                "stream handler registered twice; the last one wins"
+            );
         }
     }
 

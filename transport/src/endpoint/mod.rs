@@ -89,8 +89,7 @@ pub(crate) async fn read_datagrams(
     let label = peer.label();
     while let Ok(datagram) = conn.read_datagram().await {
         metrics::bytes_received(&label, datagram.len());
-        if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send((peer.clone(), datagram))
-        {
+        if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send((peer.clone(), datagram)) {
             metrics::datagram_dropped();
         }
     }
@@ -120,8 +119,7 @@ impl Endpoint {
         let quic_transport = Arc::new(cfg.quic()?);
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_config(&identity)?));
         server.transport_config(quic_transport.clone());
-        let mut client =
-            quinn::ClientConfig::new(Arc::new(tls::member_client_config(&identity)?));
+        let mut client = quinn::ClientConfig::new(Arc::new(tls::member_client_config(&identity)?));
         client.transport_config(quic_transport);
         let quic = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
@@ -170,7 +168,10 @@ impl Endpoint {
         F: Fn(PeerInfo, M::Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<M::Response, RpcError>> + Send + 'static,
     {
-        self.inner.shared.handlers.add_rpc::<M, F, Fut>(handler, false);
+        self.inner
+            .shared
+            .handlers
+            .add_rpc::<M, F, Fut>(handler, false);
     }
 
     /// Serves `M` to members and also to joining clients without a certificate. Only methods
@@ -180,7 +181,10 @@ impl Endpoint {
         F: Fn(PeerInfo, M::Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<M::Response, RpcError>> + Send + 'static,
     {
-        self.inner.shared.handlers.add_rpc::<M, F, Fut>(handler, true);
+        self.inner
+            .shared
+            .handlers
+            .add_rpc::<M, F, Fut>(handler, true);
     }
 
     /// Serves raw framed streams named `name` to members. Each frame the handler sends or
@@ -199,7 +203,8 @@ impl Endpoint {
         addr: SocketAddr,
         req: &M::Request,
     ) -> Result<M::Response, RpcError> {
-        self.call_timeout::<M>(addr, req, self.cfg().rpc_timeout).await
+        self.call_timeout::<M>(addr, req, self.cfg().rpc_timeout)
+            .await
     }
 
     /// Calls `M` on the peer at `addr`; `timeout` bounds everything (connect included).
@@ -317,7 +322,10 @@ impl Endpoint {
 
     /// The pooled QUIC connection to `addr`, for tests that must put raw bytes on the wire.
     #[cfg(test)]
-    pub(crate) async fn raw_connection(&self, addr: SocketAddr) -> Result<quinn::Connection, RpcError> {
+    pub(crate) async fn raw_connection(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, RpcError> {
         Ok(self.connection(addr).await?.0)
     }
 

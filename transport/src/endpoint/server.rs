@@ -64,7 +64,10 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
             Some(id) => Some(id),
             None => {
                 tracing::warn!(%addr, "member connection without a cluster certificate refused");
-                conn.close(close::NOT_AUTHORIZED, b"cluster client certificate required");
+                conn.close(
+                    close::NOT_AUTHORIZED,
+                    b"cluster client certificate required",
+                );
                 return;
             }
         }
@@ -141,7 +144,11 @@ async fn serve_stream(
                 Ok(handler) => handler,
                 Err(err) => return refuse(&ctx, send, recv, err).await,
             };
-            if respond(&ctx, &mut send, &Ok::<(), RpcError>(())).await.is_err() {
+            // The stream stays open: the handler owns it from here on.
+            if write_response(&ctx, &mut send, &Ok::<(), RpcError>(()))
+                .await
+                .is_err()
+            {
                 return;
             }
             let timeout = ctx.shared.cfg.rpc_timeout;
@@ -193,6 +200,17 @@ async fn respond<T: Serialize>(
     send: &mut SendStream,
     result: &Result<T, RpcError>,
 ) -> Result<(), RpcError> {
+    write_response(ctx, send, result).await?;
+    send.finish().map_err(|e| RpcError::Closed(e.to_string()))
+}
+
+/// Writes one response frame (with a deadline); a response over the frame limit is
+/// replaced by a `FrameTooLarge` error.
+async fn write_response<T: Serialize>(
+    ctx: &StreamCtx,
+    send: &mut SendStream,
+    result: &Result<T, RpcError>,
+) -> Result<(), RpcError> {
     let mut frame = encode(result)?;
     if frame.len() > ctx.max_frame_bytes {
         let too_large = RpcError::FrameTooLarge {
@@ -209,7 +227,7 @@ async fn respond<T: Serialize>(
     .await
     .map_err(|_| RpcError::Timeout)??;
     metrics::bytes_sent(&ctx.label, frame.len() + 4);
-    send.finish().map_err(|e| RpcError::Closed(e.to_string()))
+    Ok(())
 }
 
 /// Closes a stream whose opening was bad or refused: stops reading with an error code and

@@ -88,7 +88,10 @@ impl ClusterCa {
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::OrganizationName, "stator");
-        name.push(DnType::CommonName, format!("stator cluster CA {cluster_name}"));
+        name.push(
+            DnType::CommonName,
+            format!("stator cluster CA {cluster_name}"),
+        );
         params.distinguished_name = name;
         // Path length 0: the CA signs node certificates only, never another CA.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

@@ -109,9 +109,21 @@ impl NodeIdentity {
     /// Saves `ca.pem`, `node.pem` and `node.key` (mode 0600) into `dir`, creating it.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
         fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
-        write_atomically(&dir.join(CA_FILE), cert_to_pem(&self.ca_cert_der).as_bytes(), false)?;
-        write_atomically(&dir.join(CERT_FILE), cert_to_pem(&self.cert_der).as_bytes(), false)?;
-        write_atomically(&dir.join(KEY_FILE), key_to_pem(&self.key_der).as_bytes(), true)
+        write_atomically(
+            &dir.join(CA_FILE),
+            cert_to_pem(&self.ca_cert_der).as_bytes(),
+            false,
+        )?;
+        write_atomically(
+            &dir.join(CERT_FILE),
+            cert_to_pem(&self.cert_der).as_bytes(),
+            false,
+        )?;
+        write_atomically(
+            &dir.join(KEY_FILE),
+            key_to_pem(&self.key_der).as_bytes(),
+            true,
+        )
     }
 
     /// Loads an identity saved by [`NodeIdentity::save`] and checks that its parts fit

@@ -34,10 +34,14 @@ pub(crate) fn node_id_of(cert: &X509Certificate<'_>) -> Result<u64, PkiError> {
         .subject_alternative_name()
         .map_err(|e| PkiError::InvalidCertificate(format!("bad subjectAltName: {e}")))?
         .ok_or_else(|| PkiError::InvalidCertificate("no subjectAltName".into()))?;
-    let mut ids = san.value.general_names.iter().filter_map(|name| match name {
-        GeneralName::DNSName(dns) => parse_node_dns_name(dns),
-        _ => None,
-    });
+    let mut ids = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => parse_node_dns_name(dns),
+            _ => None,
+        });
     match (ids.next(), ids.next()) {
         (Some(id), None) => Ok(id),
         (None, _) => Err(PkiError::InvalidCertificate(
@@ -63,7 +67,10 @@ mod tests {
     #[test]
     fn node_names_round_trip_and_reject_lookalikes() {
         assert_eq!(parse_node_dns_name(&node_dns_name(42)), Some(42));
-        assert_eq!(parse_node_dns_name(&node_dns_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(
+            parse_node_dns_name(&node_dns_name(u64::MAX)),
+            Some(u64::MAX)
+        );
         for bad in [
             "node-.stator.cluster",
             "node-+1.stator.cluster",

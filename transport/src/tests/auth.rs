@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::{any_port, endpoint, pair, serve_test_methods, Echo, WhoAmI};
 use crate::tls;
 use crate::{
-    call_join, ClusterCa, Endpoint, Fingerprint, JoinToken, Method, NodeCsr, NodeIdentity,
-    NodeKey, PeerInfo, RpcError, TransportConfig,
+    call_join, ClusterCa, Endpoint, Fingerprint, JoinToken, Method, NodeCsr, NodeIdentity, NodeKey,
+    PeerInfo, RpcError, TransportConfig,
 };
 
 const JOIN_DEADLINE: Duration = Duration::from_secs(3);
@@ -78,8 +78,14 @@ async fn joiner_gets_a_certificate_and_becomes_a_member() {
     let admission = call_join::<Admit>(seed.local_addr(), &token, &request, JOIN_DEADLINE)
         .await
         .unwrap();
-    assert_eq!(admission.caller_node_id, None, "join connections carry no node id");
-    assert_eq!(Fingerprint::of_der(&admission.ca_cert_der), token.ca_fingerprint);
+    assert_eq!(
+        admission.caller_node_id, None,
+        "join connections carry no node id"
+    );
+    assert_eq!(
+        Fingerprint::of_der(&admission.ca_cert_der),
+        token.ca_fingerprint
+    );
     let identity = key
         .into_identity(admission.node_id, admission.cert_der, admission.ca_cert_der)
         .unwrap();
@@ -99,7 +105,11 @@ async fn join_handler_errors_reach_the_joiner() {
         csr: NodeKey::generate().unwrap().csr(0).unwrap(),
     };
     let err = call_join::<Admit>(seed.local_addr(), &token, &request, JOIN_DEADLINE).await;
-    assert!(matches!(err, Err(RpcError::NotAuthorized(_))), "{:?}", err.err());
+    assert!(
+        matches!(err, Err(RpcError::NotAuthorized(_))),
+        "{:?}",
+        err.err()
+    );
 }
 
 #[tokio::test]
@@ -111,7 +121,11 @@ async fn client_without_certificate_reaches_join_methods_only() {
         Err(RpcError::NotAuthorized(message)) => assert!(message.contains("test.echo")),
         other => panic!("{other:?}"),
     }
-    assert_eq!(p.b_calls.load(Ordering::SeqCst), 0, "member handler never ran");
+    assert_eq!(
+        p.b_calls.load(Ordering::SeqCst),
+        0,
+        "member handler never ran"
+    );
 }
 
 #[tokio::test]
@@ -135,7 +149,11 @@ async fn join_with_wrong_fingerprint_fails() {
 #[tokio::test]
 async fn endpoint_from_another_ca_is_refused_both_ways() {
     let p = pair();
-    let stranger = endpoint(&ClusterCa::generate("other").unwrap(), 9, TransportConfig::default());
+    let stranger = endpoint(
+        &ClusterCa::generate("other").unwrap(),
+        9,
+        TransportConfig::default(),
+    );
     serve_test_methods(&stranger);
     let err = stranger.call::<Echo>(p.b.local_addr(), &"hi".into()).await;
     assert!(err.is_err(), "stranger was served: {err:?}");
@@ -148,7 +166,10 @@ async fn endpoint_from_another_ca_is_refused_both_ways() {
 async fn client_certificate_from_another_ca_is_refused() {
     let p = pair();
     // Trusts the cluster CA (so it accepts B's certificate) but presents a foreign cert.
-    let foreign = ClusterCa::generate("other").unwrap().issue_identity(1).unwrap();
+    let foreign = ClusterCa::generate("other")
+        .unwrap()
+        .issue_identity(1)
+        .unwrap();
     let impostor = NodeIdentity {
         ca_cert_der: p.ca.cert_der(),
         ..foreign
@@ -158,7 +179,12 @@ async fn client_certificate_from_another_ca_is_refused() {
     assert!(err.is_err(), "impostor was served: {err:?}");
     assert_eq!(p.b_calls.load(Ordering::SeqCst), 0);
     // The server is unharmed.
-    assert_eq!(p.a.call::<Echo>(p.b.local_addr(), &"ok".into()).await.unwrap(), "ok");
+    assert_eq!(
+        p.a.call::<Echo>(p.b.local_addr(), &"ok".into())
+            .await
+            .unwrap(),
+        "ok"
+    );
 }
 
 #[tokio::test]
@@ -183,4 +209,50 @@ async fn member_protocol_without_client_certificate_is_closed_at_once() {
         other => panic!("{other}"),
     }
     assert_eq!(p.b_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn join_connections_get_no_raw_streams_and_their_datagrams_are_ignored() {
+    let p = pair();
+    p.b.register_stream("bulk", |_peer, _send, _recv| async {});
+    let mut inbox = p.b.datagrams();
+    let mut client = quinn::Endpoint::client(any_port()).unwrap();
+    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        tls::join_client_config(p.ca.fingerprint()).unwrap(),
+    )));
+    let conn = client
+        .connect(p.b.local_addr(), "stator.cluster")
+        .unwrap()
+        .await
+        .unwrap();
+
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let opening = crate::wire::encode(&crate::wire::StreamOpen::Stream {
+        name: "bulk".into(),
+    })
+    .unwrap();
+    crate::frame::write_frame(&mut send, &opening, 1 << 20)
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::frame::read_frame(&mut recv, 1 << 20),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    let answer: Result<(), RpcError> = crate::wire::decode(&answer).unwrap();
+    assert!(
+        matches!(answer, Err(RpcError::NotAuthorized(_))),
+        "{answer:?}"
+    );
+
+    conn.send_datagram(bytes::Bytes::from_static(b"fake heartbeat"))
+        .unwrap();
+    let received = tokio::time::timeout(Duration::from_millis(300), inbox.recv()).await;
+    assert!(
+        received.is_err(),
+        "a joiner's datagram was delivered: {received:?}"
+    );
 }

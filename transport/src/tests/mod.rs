@@ -1,6 +1,7 @@
 //! Tests with real endpoints on 127.0.0.1.
 
 mod auth;
+mod metrics;
 mod pki;
 mod rpc;
 mod streams;

@@ -13,7 +13,11 @@ fn token_round_trips_through_text() {
     assert_eq!(parsed.ca_fingerprint, ca.fingerprint());
     // Surrounding whitespace from copy-paste is tolerated.
     assert_eq!(format!("  {text}\n").parse::<JoinToken>().unwrap(), token);
-    assert_ne!(JoinToken::new(ca.fingerprint()).secret, token.secret, "secrets are random");
+    assert_ne!(
+        JoinToken::new(ca.fingerprint()).secret,
+        token.secret,
+        "secrets are random"
+    );
 }
 
 #[test]
@@ -24,11 +28,23 @@ fn malformed_tokens_give_clear_errors() {
         (String::new(), "expected stator1-"),
         ("stator1".to_string(), "expected stator1-"),
         (format!("stator2-{fp}-{secret}"), "must start with"),
-        (format!("stator1-{}-{secret}", &fp[..60]), "64 hex characters"),
-        (format!("stator1-{}zz-{secret}", &fp[..62]), "64 hex characters"),
+        (
+            format!("stator1-{}-{secret}", &fp[..60]),
+            "64 hex characters",
+        ),
+        (
+            format!("stator1-{}zz-{secret}", &fp[..62]),
+            "64 hex characters",
+        ),
         (format!("stator1-{fp}-short"), "secret must be"),
-        (format!("stator1-{fp}-{}", "a".repeat(300)), "secret must be"),
-        (format!("stator1-{fp}-{}!", "a".repeat(20)), "may contain only"),
+        (
+            format!("stator1-{fp}-{}", "a".repeat(300)),
+            "secret must be",
+        ),
+        (
+            format!("stator1-{fp}-{}!", "a".repeat(20)),
+            "may contain only",
+        ),
     ];
     for (text, expected) in cases {
         match JoinToken::from_str(&text) {
@@ -125,7 +141,10 @@ fn loading_a_missing_or_corrupt_identity_gives_clear_errors() {
     foreign.save(dir.path()).unwrap();
     match NodeIdentity::load(dir.path()) {
         Err(PkiError::InvalidCertificate(message)) => {
-            assert!(message.contains("not signed by the cluster CA"), "{message}")
+            assert!(
+                message.contains("not signed by the cluster CA"),
+                "{message}"
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -185,7 +204,13 @@ fn ca_decides_the_node_id_not_the_csr() {
 fn bad_csrs_and_foreign_certificates_are_rejected() {
     let ca = ClusterCa::generate("csr").unwrap();
     assert!(matches!(
-        ca.sign_node(1, &NodeCsr("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".into())),
+        ca.sign_node(
+            1,
+            &NodeCsr(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+                    .into()
+            )
+        ),
         Err(PkiError::InvalidCsr(_))
     ));
     assert!(matches!(

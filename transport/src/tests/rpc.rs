@@ -9,7 +9,9 @@ use crate::{ClusterCa, Endpoint, RpcError, TransportConfig, TransportError};
 #[tokio::test]
 async fn typed_call_round_trips_and_server_sees_caller_node_id() {
     let p = pair();
-    let reply = p.a.call::<Echo>(p.b.local_addr(), &"hello".to_string()).await;
+    let reply =
+        p.a.call::<Echo>(p.b.local_addr(), &"hello".to_string())
+            .await;
     assert_eq!(reply.unwrap(), "hello");
     let seen = p.a.call::<WhoAmI>(p.b.local_addr(), &()).await.unwrap();
     assert_eq!(seen, Some(1));
@@ -38,7 +40,9 @@ async fn concurrent_calls_share_one_connection() {
 #[tokio::test]
 async fn remote_handler_error_surfaces_as_remote() {
     let p = pair();
-    let err = p.a.call::<Fail>(p.b.local_addr(), &"disk full".to_string()).await;
+    let err =
+        p.a.call::<Fail>(p.b.local_addr(), &"disk full".to_string())
+            .await;
     assert_eq!(err, Err(RpcError::Remote("disk full".into())));
 }
 
@@ -55,12 +59,15 @@ async fn unknown_method_is_reported() {
 async fn caller_deadline_fires() {
     let p = pair();
     let started = Instant::now();
-    let err = p
-        .a
-        .call_timeout::<Sleep>(p.b.local_addr(), &2_000, Duration::from_millis(200))
-        .await;
+    let err =
+        p.a.call_timeout::<Sleep>(p.b.local_addr(), &2_000, Duration::from_millis(200))
+            .await;
     assert_eq!(err, Err(RpcError::Timeout));
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -70,13 +77,15 @@ async fn server_handler_deadline_fires() {
         ..TransportConfig::default()
     });
     let started = Instant::now();
-    let err = p
-        .a
-        .call_timeout::<Sleep>(p.b.local_addr(), &10_000, Duration::from_secs(5))
-        .await;
+    let err =
+        p.a.call_timeout::<Sleep>(p.b.local_addr(), &10_000, Duration::from_secs(5))
+            .await;
     assert_eq!(err, Err(RpcError::Timeout));
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(2), "server gave up after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "server gave up after {elapsed:?}"
+    );
 }
 
 #[tokio::test]
@@ -149,7 +158,10 @@ async fn bad_frames_close_only_their_stream() {
     );
     let mut garbage = 8u32.to_be_bytes().to_vec();
     garbage.extend([0xff; 8]);
-    assert!(matches!(raw_request(&conn, &garbage).await, Err(RpcError::Decode(_))));
+    assert!(matches!(
+        raw_request(&conn, &garbage).await,
+        Err(RpcError::Decode(_))
+    ));
     let mut truncated = 100u32.to_be_bytes().to_vec();
     truncated.extend([0u8; 10]);
     match raw_request(&conn, &truncated).await {
@@ -166,7 +178,10 @@ async fn bad_frames_close_only_their_stream() {
 
     // The connection and the endpoint keep serving.
     assert_eq!(conn.close_reason(), None);
-    assert_eq!(p.a.call::<Echo>(addr, &"still here".into()).await.unwrap(), "still here");
+    assert_eq!(
+        p.a.call::<Echo>(addr, &"still here".into()).await.unwrap(),
+        "still here"
+    );
     let again = p.a.raw_connection(addr).await.unwrap();
     assert_eq!(again.stable_id(), conn.stable_id());
 }
@@ -185,7 +200,10 @@ async fn caller_refuses_to_send_oversized_requests() {
     let b = endpoint(&ca, 2, TransportConfig::default());
     let calls = serve_test_methods(&b);
     let err = a.call::<Echo>(b.local_addr(), &"y".repeat(2000)).await;
-    assert!(matches!(err, Err(RpcError::FrameTooLarge { max: 1000, .. })), "{err:?}");
+    assert!(
+        matches!(err, Err(RpcError::FrameTooLarge { max: 1000, .. })),
+        "{err:?}"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
 
@@ -203,7 +221,11 @@ async fn pooled_connection_is_reestablished_after_the_peer_restarts() {
     // The old socket is released once quinn has drained the closed connection.
     let deadline = Instant::now() + Duration::from_secs(5);
     let restarted = loop {
-        match Endpoint::bind(addr, ca.issue_identity(2).unwrap(), TransportConfig::default()) {
+        match Endpoint::bind(
+            addr,
+            ca.issue_identity(2).unwrap(),
+            TransportConfig::default(),
+        ) {
             Ok(endpoint) => break endpoint,
             Err(TransportError::AddrInUse(_)) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await
@@ -212,7 +234,10 @@ async fn pooled_connection_is_reestablished_after_the_peer_restarts() {
         }
     };
     serve_test_methods(&restarted);
-    assert!(before.close_reason().is_some(), "A saw the old connection close");
+    assert!(
+        before.close_reason().is_some(),
+        "A saw the old connection close"
+    );
     assert_eq!(a.call::<Echo>(addr, &"two".into()).await.unwrap(), "two");
     let after = a.raw_connection(addr).await.unwrap();
     assert_ne!(after.stable_id(), before.stable_id());
@@ -222,8 +247,12 @@ async fn pooled_connection_is_reestablished_after_the_peer_restarts() {
 async fn binding_a_used_port_names_the_address() {
     let ca = ClusterCa::generate("t").unwrap();
     let a = endpoint(&ca, 1, TransportConfig::default());
-    let err = Endpoint::bind(a.local_addr(), ca.issue_identity(2).unwrap(), TransportConfig::default())
-        .unwrap_err();
+    let err = Endpoint::bind(
+        a.local_addr(),
+        ca.issue_identity(2).unwrap(),
+        TransportConfig::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, TransportError::AddrInUse(addr) if addr == a.local_addr()));
     assert!(err.to_string().contains("already in use"), "{err}");
 }
@@ -242,7 +271,30 @@ async fn invalid_config_is_rejected() {
 #[test]
 fn binding_outside_a_runtime_is_an_error_not_a_panic() {
     let ca = ClusterCa::generate("t").unwrap();
-    let err = Endpoint::bind(any_port(), ca.issue_identity(1).unwrap(), TransportConfig::default())
-        .unwrap_err();
+    let err = Endpoint::bind(
+        any_port(),
+        ca.issue_identity(1).unwrap(),
+        TransportConfig::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, TransportError::NoRuntime));
+}
+
+#[tokio::test]
+async fn closed_endpoint_stops_serving_and_calling() {
+    let p = pair();
+    let addr = p.b.local_addr();
+    assert_eq!(p.a.call::<Echo>(addr, &"up".into()).await.unwrap(), "up");
+    p.b.close();
+    let started = Instant::now();
+    let err = p.a.call::<Echo>(addr, &"down".into()).await;
+    assert!(err.is_err(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    p.a.close();
+    let err = p.a.call::<Echo>(addr, &"again".into()).await;
+    assert!(matches!(err, Err(RpcError::Connect(_))), "{err:?}");
 }

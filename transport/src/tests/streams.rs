@@ -35,18 +35,23 @@ async fn datagrams_arrive_with_the_sender_node_id() {
 #[tokio::test]
 async fn oversized_datagram_is_an_error() {
     let p = pair();
-    let err = p
-        .a
-        .send_datagram(p.b.local_addr(), Bytes::from(vec![0u8; 64 * 1024]))
-        .await;
-    assert!(matches!(err, Err(RpcError::FrameTooLarge { .. })), "{err:?}");
+    let err =
+        p.a.send_datagram(p.b.local_addr(), Bytes::from(vec![0u8; 64 * 1024]))
+            .await;
+    assert!(
+        matches!(err, Err(RpcError::FrameTooLarge { .. })),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn udp_garbage_leaves_the_endpoint_working() {
     let p = pair();
     let addr = p.b.local_addr();
-    assert_eq!(p.a.call::<Echo>(addr, &"before".into()).await.unwrap(), "before");
+    assert_eq!(
+        p.a.call::<Echo>(addr, &"before".into()).await.unwrap(),
+        "before"
+    );
     let junk = std::net::UdpSocket::bind(super::any_port()).unwrap();
     for i in 0..200usize {
         let len = 1 + (i * 37) % 1400;
@@ -57,10 +62,16 @@ async fn udp_garbage_leaves_the_endpoint_working() {
         }
         junk.send_to(&packet, addr).unwrap();
     }
-    assert_eq!(p.a.call::<Echo>(addr, &"after".into()).await.unwrap(), "after");
+    assert_eq!(
+        p.a.call::<Echo>(addr, &"after".into()).await.unwrap(),
+        "after"
+    );
     // New connections are still accepted.
     let fresh = endpoint(&p.ca, 3, TransportConfig::default());
-    assert_eq!(fresh.call::<Echo>(addr, &"new".into()).await.unwrap(), "new");
+    assert_eq!(
+        fresh.call::<Echo>(addr, &"new".into()).await.unwrap(),
+        "new"
+    );
 }
 
 #[tokio::test]
@@ -136,6 +147,17 @@ async fn stream_frame_over_limit_closes_that_stream_only() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(seen, Err(RpcError::FrameTooLarge { size: 4096, max: 1024 }));
-    assert_eq!(a.call::<Echo>(b.local_addr(), &"fine".into()).await.unwrap(), "fine");
+    assert_eq!(
+        seen,
+        Err(RpcError::FrameTooLarge {
+            size: 4096,
+            max: 1024
+        })
+    );
+    assert_eq!(
+        a.call::<Echo>(b.local_addr(), &"fine".into())
+            .await
+            .unwrap(),
+        "fine"
+    );
 }

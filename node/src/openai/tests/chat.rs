@@ -295,3 +295,13 @@ async fn models_are_listed_and_retrievable() {
     assert_eq!(missing.status, 404);
     assert_eq!(missing.error().2, "model_not_found");
 }
+
+#[tokio::test]
+async fn tokens_sent_again_after_a_resume_are_not_repeated() {
+    let harness = Harness::new(Script::Resend(REPLY.into(), 4));
+    let chunks = harness
+        .post("/v1/chat/completions", chat_body(json!({"stream": true})))
+        .await
+        .sse_chunks();
+    assert_eq!(streamed_text(&chunks), REPLY);
+}

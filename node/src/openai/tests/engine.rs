@@ -25,19 +25,18 @@ struct Served {
     engine: EngineHandle,
 }
 
-fn serve(max_queue: usize) -> Served {
+fn serve(engine_config: EngineConfig) -> Served {
     let tokenizer = tokenizer();
     let mut config = preset("tiny").expect("tiny preset");
     config.vocab_size = tokenizer.vocab_size();
+    // Room for generations long enough to still be running while a test acts on them.
+    config.max_position_embeddings = 16384;
     let weights = random_weights(&config, 11);
     let blocks = config.max_position_embeddings / 16;
     let backend = CpuBackend::new(config, weights, blocks, 16).expect("cpu backend");
     let engine = Engine::start(
         Box::new(backend),
-        EngineConfig {
-            max_queue,
-            ..EngineConfig::default()
-        },
+        engine_config,
         tokenizer.eos_ids().to_vec(),
     );
     let state = ApiState {
@@ -90,7 +89,7 @@ fn content(response: &Response) -> String {
 
 #[tokio::test]
 async fn greedy_streaming_equals_non_streaming_and_seeds_reproduce() {
-    let served = serve(16);
+    let served = serve(EngineConfig::default());
     let whole = call(&served, json!({"temperature": 0})).await;
     assert_eq!(whole.status, 200, "{}", whole.body);
     let streamed: String = call(&served, json!({"temperature": 0, "stream": true}))
@@ -114,15 +113,47 @@ async fn greedy_streaming_equals_non_streaming_and_seeds_reproduce() {
 
 #[tokio::test]
 async fn a_full_queue_is_429_from_the_real_engine() {
-    let served = serve(0);
-    let response = call(&served, json!({})).await;
-    assert_eq!(response.status, 429, "{}", response.body);
-    assert_eq!(response.headers["retry-after"], "1");
+    // One running sequence at a time and one waiting place.
+    let served = serve(EngineConfig {
+        max_num_seqs: 1,
+        max_queue: 1,
+        ..EngineConfig::default()
+    });
+    let long = json!({"stream": true, "ignore_eos": true, "max_tokens": served.engine.max_model_len() - 64});
+    let running = served
+        .router
+        .clone()
+        .oneshot(chat_request(long))
+        .await
+        .expect("infallible");
+    let mut running = running.into_body().into_data_stream();
+    tokio::time::timeout(DEADLINE, running.next())
+        .await
+        .expect("first frame");
+    let waiting = tokio::spawn(served.router.clone().oneshot(chat_request(json!({}))));
+    let deadline = Instant::now() + DEADLINE;
+    while served.engine.stats().waiting == 0 {
+        assert!(Instant::now() < deadline, "second request never queued");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let refused = call(&served, json!({})).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert_eq!(refused.error().0, "rate_limit_error");
+    // Once the running stream goes away, the queued request is served.
+    drop(running);
+    let served_later = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("queued request answered");
+    assert_eq!(
+        served_later.expect("task").expect("infallible").status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn a_disconnected_stream_frees_the_sequence() {
-    let served = serve(16);
+    let served = serve(EngineConfig::default());
     let max_tokens = served.engine.max_model_len() - 64;
     let request =
         chat_request(json!({"stream": true, "ignore_eos": true, "max_tokens": max_tokens}));

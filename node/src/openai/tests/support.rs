@@ -32,6 +32,9 @@ pub enum Script {
     Hang(String),
     /// Generates the tokens of `text`, then fails.
     Fail(String),
+    /// Generates the tokens of `text`, sending the first `n` token events twice, as a source
+    /// that resumed the generation elsewhere might.
+    Resend(String, usize),
 }
 
 #[derive(Default)]
@@ -207,6 +210,14 @@ impl TokenSource for ScriptedSource {
             Script::Refuse(err) => return Box::pin(async move { Err(err) }),
             Script::Reply(text) => (self.events(&req, &text, finished), false),
             Script::Hang(text) => (self.events(&req, &text, None), true),
+            Script::Resend(text, n) => {
+                let mut events = self.events(&req, &text, finished);
+                let resent: Vec<EngineEvent> = events.iter().take(n).cloned().collect();
+                for (at, event) in resent.into_iter().enumerate() {
+                    events.insert(n + at, event);
+                }
+                (events, false)
+            }
             Script::Fail(text) => (
                 self.events(
                     &req,

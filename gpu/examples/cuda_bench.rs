@@ -1,0 +1,343 @@
+//! CUDA backend benchmarks on random weights in real model shapes: the machine's ceilings
+//! (device copy bandwidth, large bf16 GEMM rate), decode step time against the HBM roofline,
+//! and prefill throughput against the GEMM rate. Writes JSON and prints a table.
+//!
+//! ```text
+//! cuda_bench [--models llama-3.2-1b,llama-3.1-8b] [--out results.json] [--quick]
+//! ```
+
+use std::sync::Arc;
+
+use cudarc::driver::result::event;
+use cudarc::driver::sys::{CUevent, CUevent_flags};
+use serde_json::json;
+use stator_gpu::backend::cuda::gemm::{Blas, OutType};
+use stator_gpu::backend::cuda::kernels::{Arg, Kernels};
+use stator_gpu::backend::cuda::{cuda_available, CudaBackend, CudaDtype, CudaOptions, Gpu};
+use stator_gpu::backend::{Backend, SeqStep};
+use stator_gpu::config::ModelConfig;
+use stator_gpu::presets::preset;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+struct Timer {
+    start: CUevent,
+    stop: CUevent,
+}
+
+impl Timer {
+    fn new() -> Res<Self> {
+        Ok(Self {
+            start: event::create(CUevent_flags::CU_EVENT_DEFAULT)?,
+            stop: event::create(CUevent_flags::CU_EVENT_DEFAULT)?,
+        })
+    }
+    /// Median milliseconds of `reps` runs of `f` after `warmup` runs, timed with events.
+    fn median_ms(
+        &self,
+        gpu: &Gpu,
+        warmup: usize,
+        reps: usize,
+        mut f: impl FnMut() -> Res<()>,
+    ) -> Res<f64> {
+        for _ in 0..warmup {
+            f()?;
+        }
+        gpu.synchronize()?;
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            // SAFETY: events and stream belong to the current context.
+            unsafe { event::record(self.start, gpu.stream()) }?;
+            f()?;
+            unsafe { event::record(self.stop, gpu.stream()) }?;
+            unsafe { event::synchronize(self.stop) }?;
+            times.push(unsafe { event::elapsed(self.start, self.stop) }? as f64);
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        Ok(times[times.len() / 2])
+    }
+}
+
+struct Ceilings {
+    copy_gbps: f64,
+    gemm_tflops: f64,
+}
+
+fn ceilings(gpu: &Arc<Gpu>, timer: &Timer) -> Res<Ceilings> {
+    let bytes = 2usize << 30;
+    let kernels = Kernels::compile(gpu, 128, 4, CudaDtype::Bf16)?;
+    let (a, b) = (gpu.alloc(bytes, "copy src")?, gpu.alloc(bytes, "copy dst")?);
+    kernels.launch(
+        &kernels.fill_normal,
+        (4096, 1, 1),
+        256,
+        &[
+            Arg::Ptr(a.ptr()),
+            Arg::U64((bytes / 2) as u64),
+            Arg::U64(1),
+            Arg::U64(1),
+            Arg::F32(1.0),
+        ],
+    )?;
+    let ms = timer.median_ms(gpu, 2, 10, || {
+        Ok(gpu.copy_device(b.ptr(), a.ptr(), bytes)?)
+    })?;
+    let copy_gbps = 2.0 * bytes as f64 / (ms * 1e-3) / 1e9;
+    drop((a, b));
+    let n = 8192usize;
+    let blas = Blas::new(gpu, CudaDtype::Bf16)?;
+    let mats: Vec<_> = (0..3)
+        .map(|_| gpu.alloc(n * n * 2, "gemm"))
+        .collect::<Result<_, _>>()?;
+    for (i, m) in mats.iter().enumerate() {
+        kernels.launch(
+            &kernels.fill_normal,
+            (4096, 1, 1),
+            256,
+            &[
+                Arg::Ptr(m.ptr()),
+                Arg::U64((n * n) as u64),
+                Arg::U64(2),
+                Arg::U64(i as u64),
+                Arg::F32(1.0),
+            ],
+        )?;
+    }
+    let ms = timer.median_ms(gpu, 3, 10, || {
+        Ok(blas.linear(
+            mats[2].ptr(),
+            OutType::Half,
+            mats[0].ptr(),
+            mats[1].ptr(),
+            n,
+            n,
+            n,
+            false,
+        )?)
+    })?;
+    let gemm_tflops = 2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e12;
+    Ok(Ceilings {
+        copy_gbps,
+        gemm_tflops,
+    })
+}
+
+/// Weight-streaming rate of each 8B projection shape at decode batch sizes: cuBLAS against
+/// the skinny GEMM. Weight regions rotate through 2 GiB so no run reads from L2.
+fn projection_rates(gpu: &Arc<Gpu>, timer: &Timer, table: &mut Vec<String>, results: &mut Vec<serde_json::Value>) -> Res<()> {
+    let kernels = Kernels::compile(gpu, 128, 4, CudaDtype::Bf16)?;
+    let blas = Blas::new(gpu, CudaDtype::Bf16)?;
+    let pool_bytes = 2usize << 30;
+    let pool = gpu.alloc(pool_bytes, "weights pool")?;
+    kernels.launch(&kernels.fill_normal, (4096, 1, 1), 256, &[Arg::Ptr(pool.ptr()), Arg::U64((pool_bytes / 2) as u64), Arg::U64(3), Arg::U64(3), Arg::F32(0.02)])?;
+    let x = gpu.alloc(8 * 14336 * 2, "x")?;
+    kernels.launch(&kernels.fill_normal, (64, 1, 1), 256, &[Arg::Ptr(x.ptr()), Arg::U64(8 * 14336), Arg::U64(4), Arg::U64(4), Arg::F32(1.0)])?;
+    let y = gpu.alloc(8 * 128_256 * 4, "y")?;
+    let shapes = [
+        ("8B qkv", 4096usize, 6144usize),
+        ("8B o_proj", 4096, 4096),
+        ("8B gate_up", 4096, 28672),
+        ("8B down", 14336, 4096),
+        ("8B lm_head", 4096, 128_256),
+        ("1B qkv", 2048, 3072),
+        ("1B o_proj", 2048, 2048),
+        ("1B gate_up", 2048, 16384),
+        ("1B down", 8192, 2048),
+    ];
+    for rows in [1usize, 8] {
+        for &(name, inn, out) in &shapes {
+            if rows > 1 && name.starts_with("1B") {
+                continue;
+            }
+            let bytes = inn * out * 2;
+            let regions = (pool_bytes / bytes).max(1);
+            for skinny in [false, true] {
+                let mut rep = 0usize;
+                let ms = timer.median_ms(gpu, 3, 20, || {
+                    let w = pool.ptr() + ((rep % regions) * bytes) as u64;
+                    rep += 1;
+                    if skinny {
+                        kernels.skinny_gemm(y.ptr(), true, x.ptr(), w, rows, inn, out, false).ok_or("shape refused")??;
+                    } else {
+                        blas.linear(y.ptr(), OutType::F32, x.ptr(), w, rows, inn, out, false)?;
+                    }
+                    Ok(())
+                })?;
+                let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
+                let path = if skinny { "skinny" } else { "cublas" };
+                println!("  {name:<11} rows{rows} {inn}x{out} {path:<7} {:8.1} us {gbps:7.0} GB/s", ms * 1e3);
+                table.push(format!("{name:<11} rows{rows} {path:<7} {:8.1} us  {gbps:6.0} GB/s weights", ms * 1e3));
+                results.push(json!({"kind": "projection", "name": name, "rows": rows, "in": inn, "out": out, "path": path, "us": ms * 1e3, "gbps": gbps}));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes one decode step must read: every weight matrix once (the input embedding only for the
+/// batch's rows, negligible) plus each sequence's K and V.
+fn decode_bytes(c: &ModelConfig, backend: &CudaBackend, batch: usize, ctx: usize) -> f64 {
+    let embed = (c.vocab_size * c.hidden_size * 2) as f64;
+    let weights = backend.weights_bytes() as f64 - if c.tie_word_embeddings { 0.0 } else { embed };
+    let kv = (batch * ctx * c.num_layers * 2 * c.num_kv_heads * c.head_dim * 2) as f64;
+    weights + kv
+}
+
+/// FLOPs of a prefill: 2·(layer params)·tokens + logits for the last rows + causal attention.
+fn prefill_flops(c: &ModelConfig, seqs: usize, len: usize) -> f64 {
+    let h = c.hidden_size;
+    let q_dim = c.num_heads * c.head_dim;
+    let kv_dim = c.num_kv_heads * c.head_dim;
+    let layer = (h * (q_dim + 2 * kv_dim) + q_dim * h + 3 * h * c.intermediate_size) as f64;
+    let tokens = (seqs * len) as f64;
+    let linear =
+        2.0 * layer * c.num_layers as f64 * tokens + 2.0 * (c.vocab_size * h) as f64 * seqs as f64;
+    // QKᵀ and PV over the causal triangle: 2 matmuls × 2 flops × head_dim × n(n+1)/2 per head.
+    let attn = 2.0
+        * 2.0
+        * c.head_dim as f64
+        * (len * (len + 1) / 2) as f64
+        * (c.num_heads * c.num_layers * seqs) as f64;
+    linear + attn
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let models = arg("--models").unwrap_or_else(|| "llama-3.2-1b,llama-3.1-8b".into());
+    let out_path = arg("--out");
+    let quick = args.iter().any(|a| a == "--quick");
+    if !cuda_available() {
+        println!("CUDA is not available on this machine: no benchmark");
+        return Ok(());
+    }
+    let gpu = Gpu::open(0)?;
+    let timer = Timer::new()?;
+    let ceil = ceilings(&gpu, &timer)?;
+    println!(
+        "device {}: copy {:.0} GB/s (read+write), bf16 GEMM 8192^3 {:.0} TFLOP/s",
+        gpu.name, ceil.copy_gbps, ceil.gemm_tflops
+    );
+    let mut results = Vec::new();
+    let mut table = Vec::new();
+    projection_rates(&gpu, &timer, &mut table, &mut results)?;
+    for name in models.split(',') {
+        let config = preset(name).ok_or_else(|| format!("unknown preset {name}"))?;
+        let opts = CudaOptions {
+            max_num_seqs: 128,
+            max_batch_tokens: 4096,
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let mut backend = CudaBackend::with_random_weights(config.clone(), 42, opts)?;
+        backend.randomize_kv_cache(7)?;
+        println!(
+            "{name}: weights {:.2} GB, {} KV blocks, ready in {:.1} s",
+            backend.weights_bytes() as f64 / 1e9,
+            backend.num_kv_blocks(),
+            started.elapsed().as_secs_f64()
+        );
+        let bs = backend.kv_layout().block_size;
+        let batches: &[usize] = if quick { &[1, 32] } else { &[1, 8, 32, 128] };
+        for &ctx in &[512usize, 2048] {
+            for &batch in batches {
+                let blocks_per_seq = (ctx + 1).div_ceil(bs);
+                if batch * blocks_per_seq > backend.num_kv_blocks() {
+                    println!("  skip decode b{batch} ctx{ctx}: not enough KV blocks");
+                    continue;
+                }
+                let tables: Vec<Vec<u32>> = (0..batch)
+                    .map(|s| {
+                        ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect()
+                    })
+                    .collect();
+                let tokens: Vec<[u32; 1]> = (0..batch).map(|s| [(s * 31 + 5) as u32]).collect();
+                let steps: Vec<SeqStep> = tables
+                    .iter()
+                    .zip(&tokens)
+                    .map(|(t, tok)| SeqStep {
+                        tokens: tok,
+                        start_pos: ctx - 1,
+                        block_table: t,
+                        want_logits: true,
+                    })
+                    .collect();
+                let ms = timer.median_ms(&gpu, 3, if quick { 5 } else { 20 }, || {
+                    Ok(backend.forward_on_device(&steps)?)
+                })?;
+                let bytes = decode_bytes(&config, &backend, batch, ctx);
+                let floor_ms = bytes / (ceil.copy_gbps * 1e9) * 1e3;
+                let frac = floor_ms / ms;
+                println!("  decode b{batch:<3} ctx{ctx:<5} {ms:8.3} ms/step {:9.0} tok/s  roofline {floor_ms:.3} ms ({:.0}%)", batch as f64 / ms * 1e3, frac * 100.0);
+                table.push(format!("{name:<14} decode b{batch:<3} ctx{ctx:<5} {ms:9.3} ms  {:9.0} tok/s  {:5.1}% of HBM roofline", batch as f64 / ms * 1e3, frac * 100.0));
+                results.push(json!({"model": name, "kind": "decode", "batch": batch, "context": ctx, "step_ms": ms, "tokens_per_s": batch as f64 / ms * 1e3, "bytes_per_step": bytes, "roofline_ms": floor_ms, "roofline_fraction": frac}));
+            }
+        }
+        // A/B: the same decode steps with every projection on cuBLAS.
+        for &(batch, ctx) in &[(1usize, 512usize), (8, 512), (1, 2048)] {
+            let blocks_per_seq = (ctx + 1).div_ceil(bs);
+            let tables: Vec<Vec<u32>> = (0..batch).map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect()).collect();
+            let tokens: Vec<[u32; 1]> = (0..batch).map(|s| [(s * 31 + 5) as u32]).collect();
+            let steps: Vec<SeqStep> = tables.iter().zip(&tokens).map(|(t, tok)| SeqStep { tokens: tok, start_pos: ctx - 1, block_table: t, want_logits: true }).collect();
+            backend.set_skinny_gemm_max_rows(0);
+            let ms = timer.median_ms(&gpu, 3, if quick { 5 } else { 20 }, || Ok(backend.forward_on_device(&steps)?));
+            backend.set_skinny_gemm_max_rows(CudaOptions::default().skinny_gemm_max_rows);
+            let ms = ms?;
+            let bytes = decode_bytes(&config, &backend, batch, ctx);
+            let floor_ms = bytes / (ceil.copy_gbps * 1e9) * 1e3;
+            table.push(format!("{name:<14} decode b{batch:<3} ctx{ctx:<5} {ms:9.3} ms  {:9.0} tok/s  {:5.1}% of HBM roofline [cuBLAS only]", batch as f64 / ms * 1e3, floor_ms / ms * 100.0));
+            results.push(json!({"model": name, "kind": "decode_cublas_only", "batch": batch, "context": ctx, "step_ms": ms, "roofline_fraction": floor_ms / ms}));
+        }
+        for &(seqs, len) in &[(1usize, 2048usize), (8, 512)] {
+            let blocks_per_seq = len.div_ceil(bs);
+            let tables: Vec<Vec<u32>> = (0..seqs)
+                .map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect())
+                .collect();
+            let prompts: Vec<Vec<u32>> = (0..seqs)
+                .map(|s| {
+                    (0..len)
+                        .map(|i| ((i * 7919 + s * 104_729) % config.vocab_size) as u32)
+                        .collect()
+                })
+                .collect();
+            let steps: Vec<SeqStep> = tables
+                .iter()
+                .zip(&prompts)
+                .map(|(t, p)| SeqStep {
+                    tokens: p,
+                    start_pos: 0,
+                    block_table: t,
+                    want_logits: true,
+                })
+                .collect();
+            let ms = timer.median_ms(&gpu, 2, if quick { 3 } else { 10 }, || {
+                Ok(backend.forward_on_device(&steps)?)
+            })?;
+            let flops = prefill_flops(&config, seqs, len);
+            let tflops = flops / (ms * 1e-3) / 1e12;
+            let frac = tflops / ceil.gemm_tflops;
+            let tps = (seqs * len) as f64 / ms * 1e3;
+            println!("  prefill {seqs}x{len}: {ms:8.2} ms {tps:9.0} tok/s {tflops:6.1} TFLOP/s ({:.0}% of GEMM rate)", frac * 100.0);
+            table.push(format!("{name:<14} prefill {seqs}x{len:<6}   {ms:9.2} ms  {tps:9.0} tok/s  {:5.1}% of GEMM rate ({tflops:.0} TFLOP/s)", frac * 100.0));
+            results.push(json!({"model": name, "kind": "prefill", "sequences": seqs, "length": len, "ms": ms, "tokens_per_s": tps, "flops": flops, "tflops": tflops, "gemm_fraction": frac}));
+        }
+        drop(backend);
+    }
+    let doc = json!({"device": gpu.name, "copy_gbps": ceil.copy_gbps, "gemm_tflops": ceil.gemm_tflops, "results": results});
+    if let Some(path) = out_path {
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+    }
+    println!(
+        "\n=== cuda_bench summary ({}; copy {:.0} GB/s, GEMM {:.0} TFLOP/s) ===",
+        gpu.name, ceil.copy_gbps, ceil.gemm_tflops
+    );
+    for line in table {
+        println!("{line}");
+    }
+    Ok(())
+}

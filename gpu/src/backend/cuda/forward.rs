@@ -1,0 +1,308 @@
+//! One forward pass on the device: embedding, the transformer layers, final norm and logits.
+//! The residual stream stays f32; GEMM inputs are 16-bit; the output projections accumulate
+//! straight into the residual (cuBLAS beta = 1), which is the "add" of each residual block.
+
+use super::gemm::OutType;
+use super::kernels::{Arg, DECODE_THREADS, DECODE_TILE, NULL, PREFILL_THREADS};
+use super::plan::{validate, Limits};
+use super::{CudaBackend, MAX_DECODE_SPLITS};
+use crate::backend::{BackendError, SeqStep};
+
+/// CTAs per SM the decode split heuristic aims for.
+const DECODE_CTAS_PER_SM: usize = 4;
+
+/// Context splits for flash-decoding: enough CTAs to fill the GPU, each split a whole number
+/// of tiles. Returns (split_len, num_splits).
+pub(super) fn decode_splits(
+    entries: usize,
+    kv_heads: usize,
+    max_ctx: usize,
+    num_sms: usize,
+) -> (usize, usize) {
+    let base = (entries * kv_heads).max(1);
+    let tiles = max_ctx.div_ceil(DECODE_TILE).max(1);
+    let wanted = (DECODE_CTAS_PER_SM * num_sms).div_ceil(base);
+    let splits = wanted.clamp(1, MAX_DECODE_SPLITS.min(tiles));
+    let split_len = tiles.div_ceil(splits) * DECODE_TILE;
+    (split_len, max_ctx.div_ceil(split_len).max(1))
+}
+
+impl CudaBackend {
+    pub(super) fn run(&mut self, batch: &[SeqStep<'_>]) -> Result<(), BackendError> {
+        if batch.is_empty() {
+            self.plan.build(batch, self.opts.block_size);
+            return Ok(());
+        }
+        validate(
+            batch,
+            &Limits {
+                vocab_size: self.config.vocab_size,
+                num_blocks: self.cache.num_blocks(),
+                block_size: self.opts.block_size,
+                max_batch_tokens: self.opts.max_batch_tokens,
+                max_num_seqs: self.opts.max_num_seqs,
+            },
+        )?;
+        self.gpu.bind()?;
+        self.plan.build(batch, self.opts.block_size);
+        let meta_bytes = self.plan.meta.len() * 4;
+        if self
+            .scratch
+            .meta
+            .as_ref()
+            .is_none_or(|m| m.bytes() < meta_bytes)
+        {
+            self.scratch.meta = Some(
+                self.gpu
+                    .alloc(meta_bytes.next_power_of_two(), "step metadata")?,
+            );
+        }
+        let meta = self.scratch.meta.as_ref().expect("allocated just above");
+        meta.write(&self.plan.meta)?;
+        let m = |offset: usize| Arg::Ptr(meta.at::<i32>(offset));
+
+        let c = &self.config;
+        let k = &self.kernels;
+        let s = &self.scratch;
+        let p = &self.plan;
+        let rows = p.rows;
+        let h = c.hidden_size;
+        let q_dim = c.num_heads * c.head_dim;
+        let qkv_w = q_dim + 2 * c.num_kv_heads * c.head_dim;
+        let inter = c.intermediate_size;
+        let layers = c.num_layers as i32;
+        let block_size = self.opts.block_size as i32;
+        let cache = Arg::Ptr(self.cache.ptr());
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let (split_len, num_splits) = decode_splits(
+            p.decode_entries,
+            c.num_kv_heads,
+            p.max_decode_ctx,
+            self.gpu.num_sms as usize,
+        );
+        let norm_threads = 256;
+
+        k.launch(
+            &k.embed_lookup,
+            (rows as u32, 1, 1),
+            256,
+            &[
+                m(p.tokens_at),
+                Arg::Ptr(self.weights.embed.ptr()),
+                Arg::Ptr(s.hidden.ptr()),
+                Arg::I32(h as i32),
+            ],
+        )?;
+        for (li, layer) in self.weights.layers.iter().enumerate() {
+            let li = li as i32;
+            k.launch(
+                &k.rms_norm,
+                (rows as u32, 1, 1),
+                norm_threads,
+                &[
+                    Arg::Ptr(s.hidden.ptr()),
+                    NULL,
+                    Arg::Ptr(layer.attn_norm.ptr()),
+                    Arg::Ptr(s.normed.ptr()),
+                    Arg::I32(h as i32),
+                    Arg::F32(c.rms_norm_eps),
+                ],
+            )?;
+            self.linear(
+                s.qkv.ptr(),
+                OutType::F32,
+                s.normed.ptr(),
+                layer.qkv.ptr(),
+                rows,
+                h,
+                qkv_w,
+                false,
+            )?;
+            k.launch(
+                &k.rope_kv_write,
+                (rows as u32, 1, 1),
+                256,
+                &[
+                    Arg::Ptr(s.qkv.ptr()),
+                    layer.qkv_bias.as_ref().map_or(NULL, |b| Arg::Ptr(b.ptr())),
+                    m(p.positions_at),
+                    m(p.slots_at),
+                    Arg::Ptr(s.inv_freq.ptr()),
+                    Arg::Ptr(s.q.ptr()),
+                    cache,
+                    Arg::I32(li),
+                    Arg::I32(layers),
+                    Arg::I32(c.num_heads as i32),
+                    Arg::I32(c.num_kv_heads as i32),
+                    Arg::I32(block_size),
+                ],
+            )?;
+            if p.decode_entries > 0 {
+                k.launch(
+                    &k.decode_attention,
+                    (
+                        c.num_kv_heads as u32,
+                        p.decode_entries as u32,
+                        num_splits as u32,
+                    ),
+                    DECODE_THREADS,
+                    &[
+                        Arg::Ptr(s.q.ptr()),
+                        Arg::Ptr(s.attn.ptr()),
+                        Arg::Ptr(s.part_acc.ptr()),
+                        Arg::Ptr(s.part_ml.ptr()),
+                        m(p.dec_rows_at),
+                        m(p.dec_ctx_at),
+                        m(p.dec_seq_at),
+                        m(p.tables_at),
+                        Arg::I32(p.max_blocks as i32),
+                        cache,
+                        Arg::I32(li),
+                        Arg::I32(layers),
+                        Arg::I32(c.num_heads as i32),
+                        Arg::I32(c.num_kv_heads as i32),
+                        Arg::I32(block_size),
+                        Arg::F32(scale),
+                        Arg::I32(split_len as i32),
+                        Arg::I32(num_splits as i32),
+                    ],
+                )?;
+                if num_splits > 1 {
+                    k.launch(
+                        &k.decode_attention_reduce,
+                        (p.decode_entries as u32, c.num_heads as u32, 1),
+                        c.head_dim as u32,
+                        &[
+                            Arg::Ptr(s.part_acc.ptr()),
+                            Arg::Ptr(s.part_ml.ptr()),
+                            m(p.dec_rows_at),
+                            Arg::Ptr(s.attn.ptr()),
+                            Arg::I32(c.num_heads as i32),
+                            Arg::I32(num_splits as i32),
+                        ],
+                    )?;
+                }
+            }
+            if p.prefill_tiles > 0 {
+                k.launch(
+                    &k.prefill_attention,
+                    (p.prefill_tiles as u32, c.num_heads as u32, 1),
+                    PREFILL_THREADS,
+                    &[
+                        Arg::Ptr(s.q.ptr()),
+                        Arg::Ptr(s.attn.ptr()),
+                        m(p.tiles_at),
+                        m(p.tables_at),
+                        Arg::I32(p.max_blocks as i32),
+                        cache,
+                        Arg::I32(li),
+                        Arg::I32(layers),
+                        Arg::I32(c.num_heads as i32),
+                        Arg::I32(c.num_kv_heads as i32),
+                        Arg::I32(block_size),
+                        Arg::F32(scale * std::f32::consts::LOG2_E),
+                    ],
+                )?;
+            }
+            self.linear(
+                s.hidden.ptr(),
+                OutType::F32,
+                s.attn.ptr(),
+                layer.wo.ptr(),
+                rows,
+                q_dim,
+                h,
+                true,
+            )?;
+            k.launch(
+                &k.rms_norm,
+                (rows as u32, 1, 1),
+                norm_threads,
+                &[
+                    Arg::Ptr(s.hidden.ptr()),
+                    NULL,
+                    Arg::Ptr(layer.ffn_norm.ptr()),
+                    Arg::Ptr(s.normed.ptr()),
+                    Arg::I32(h as i32),
+                    Arg::F32(c.rms_norm_eps),
+                ],
+            )?;
+            self.linear(
+                s.gate_up.ptr(),
+                OutType::Half,
+                s.normed.ptr(),
+                layer.gate_up.ptr(),
+                rows,
+                h,
+                2 * inter,
+                false,
+            )?;
+            let total = rows * inter;
+            k.launch(
+                &k.swiglu,
+                (total.div_ceil(256).min(16384) as u32, 1, 1),
+                256,
+                &[
+                    Arg::Ptr(s.gate_up.ptr()),
+                    Arg::Ptr(s.act.ptr()),
+                    Arg::I32(inter as i32),
+                    Arg::U64(total as u64),
+                ],
+            )?;
+            self.linear(
+                s.hidden.ptr(),
+                OutType::F32,
+                s.act.ptr(),
+                layer.down.ptr(),
+                rows,
+                inter,
+                h,
+                true,
+            )?;
+        }
+        if p.logit_rows > 0 {
+            k.launch(
+                &k.rms_norm,
+                (p.logit_rows as u32, 1, 1),
+                norm_threads,
+                &[
+                    Arg::Ptr(s.hidden.ptr()),
+                    m(p.logit_rows_at),
+                    Arg::Ptr(self.weights.final_norm.ptr()),
+                    Arg::Ptr(s.final_normed.ptr()),
+                    Arg::I32(h as i32),
+                    Arg::F32(c.rms_norm_eps),
+                ],
+            )?;
+            self.linear(
+                s.logits.ptr(),
+                OutType::F32,
+                s.final_normed.ptr(),
+                self.weights.output_matrix().ptr(),
+                p.logit_rows,
+                h,
+                c.vocab_size,
+                false,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_splits_fill_the_gpu_and_cover_the_context() {
+        // One sequence, 8 kv heads, 2048 tokens on 132 SMs: split into whole tiles.
+        let (len, n) = decode_splits(1, 8, 2048, 132);
+        assert_eq!(len % DECODE_TILE, 0);
+        assert!(len * n >= 2048 && len * (n - 1) < 2048);
+        assert!(n > 1);
+        // A big batch needs no split.
+        assert_eq!(decode_splits(128, 8, 2048, 132).1, 1);
+        // Short context: never more splits than tiles.
+        assert_eq!(decode_splits(1, 8, 10, 132), (DECODE_TILE, 1));
+    }
+}

@@ -1,0 +1,417 @@
+//! The CUDA backend: bf16 (or f16) weights and paged KV cache in device memory, projections
+//! through cuBLAS, and NVRTC-compiled kernels for norms, rotary embedding, SwiGLU, paged
+//! decode attention (flash-decoding), tensor-core prefill attention and greedy sampling.
+//!
+//! CUDA libraries are loaded at run time (cudarc `dynamic-loading`): without a GPU the crate
+//! still builds and runs on the CPU backend, and [`CudaBackend::new`] returns an error.
+
+pub mod device;
+mod forward;
+pub mod gemm;
+pub mod kernels;
+pub mod kv_cache;
+pub mod plan;
+pub mod rope;
+pub mod weights;
+
+use std::sync::Arc;
+
+pub use device::{cuda_available, DeviceBuffer, Gpu};
+use gemm::Blas;
+use kernels::Kernels;
+use kv_cache::DeviceKvCache;
+use plan::StepPlan;
+use weights::DeviceWeights;
+
+use crate::backend::{Backend, BackendError, KvDtype, KvLayout, Logits, SeqStep};
+use crate::config::ModelConfig;
+use crate::weights::ModelWeights;
+
+/// The 16-bit type of weights, activations and KV cache on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CudaDtype {
+    #[default]
+    Bf16,
+    F16,
+}
+
+impl CudaDtype {
+    pub fn kv_dtype(self) -> KvDtype {
+        match self {
+            CudaDtype::Bf16 => KvDtype::Bf16,
+            CudaDtype::F16 => KvDtype::F16,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CudaOptions {
+    /// CUDA device ordinal.
+    pub device: usize,
+    pub dtype: CudaDtype,
+    /// Fraction of the device's memory this backend may hold in total; the KV cache gets what
+    /// is left of it after weights and scratch buffers.
+    pub gpu_memory_utilization: f32,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Most sequences in one step.
+    pub max_num_seqs: usize,
+    /// Most tokens in one step (sizes the activation buffers).
+    pub max_batch_tokens: usize,
+    /// Steps of at most this many tokens (1..=8) run their projections through the
+    /// weight-streaming skinny GEMM instead of cuBLAS; 0 always uses cuBLAS. Default 1: at
+    /// 8 rows cuBLAS is faster (see docs/cuda-notes.md).
+    pub skinny_gemm_max_rows: usize,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        Self {
+            device: 0,
+            dtype: CudaDtype::Bf16,
+            gpu_memory_utilization: 0.90,
+            block_size: 16,
+            max_num_seqs: 256,
+            max_batch_tokens: 8192,
+            skinny_gemm_max_rows: 1,
+        }
+    }
+}
+
+/// Most context splits of one decode sequence (sizes the partial-result buffers).
+const MAX_DECODE_SPLITS: usize = 32;
+
+/// Activation buffers for the largest step, allocated once.
+struct Scratch {
+    hidden: DeviceBuffer,
+    normed: DeviceBuffer,
+    qkv: DeviceBuffer,
+    q: DeviceBuffer,
+    attn: DeviceBuffer,
+    gate_up: DeviceBuffer,
+    act: DeviceBuffer,
+    final_normed: DeviceBuffer,
+    logits: DeviceBuffer,
+    sampled: DeviceBuffer,
+    part_acc: DeviceBuffer,
+    part_ml: DeviceBuffer,
+    inv_freq: DeviceBuffer,
+    meta: Option<DeviceBuffer>,
+}
+
+pub struct CudaBackend {
+    config: ModelConfig,
+    opts: CudaOptions,
+    gpu: Arc<Gpu>,
+    kernels: Kernels,
+    blas: Blas,
+    weights: DeviceWeights,
+    cache: DeviceKvCache,
+    scratch: Scratch,
+    plan: StepPlan,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("device", &self.gpu.name)
+            .field("blocks", &self.cache.num_blocks())
+            .finish()
+    }
+}
+
+fn check_config(c: &ModelConfig, o: &CudaOptions) -> Result<(), BackendError> {
+    let bad = |what: String| {
+        Err(BackendError::Device(format!(
+            "unsupported configuration: {what}"
+        )))
+    };
+    if c.num_heads == 0 || c.num_kv_heads == 0 || c.num_heads % c.num_kv_heads != 0 {
+        return bad("num_heads must be a positive multiple of num_kv_heads".into());
+    }
+    if !kernels::supported_head_dim(c.head_dim) {
+        return bad(format!(
+            "head_dim {} (the kernels support 32, 64, 96, 128)",
+            c.head_dim
+        ));
+    }
+    if c.hidden_size == 0 || c.vocab_size == 0 || c.intermediate_size == 0 || c.num_layers == 0 {
+        return bad("hidden, intermediate, vocab sizes and layer count must be positive".into());
+    }
+    if o.block_size == 0 || o.max_num_seqs == 0 || o.max_batch_tokens == 0 {
+        return bad("block_size, max_num_seqs and max_batch_tokens must be positive".into());
+    }
+    if !(o.gpu_memory_utilization > 0.0 && o.gpu_memory_utilization <= 1.0) {
+        return bad(format!(
+            "gpu_memory_utilization {} must be in (0, 1]",
+            o.gpu_memory_utilization
+        ));
+    }
+    Ok(())
+}
+
+impl CudaBackend {
+    /// Uploads `weights` (converted to `opts.dtype`) and sizes the KV cache from free memory.
+    pub fn new(
+        config: ModelConfig,
+        weights: &ModelWeights,
+        opts: CudaOptions,
+    ) -> Result<Self, BackendError> {
+        check_config(&config, &opts)?;
+        let gpu = Gpu::open(opts.device)?;
+        let kernels = Kernels::compile(
+            &gpu,
+            config.head_dim,
+            config.num_heads / config.num_kv_heads,
+            opts.dtype,
+        )?;
+        let device_weights = DeviceWeights::upload(&gpu, &config, weights, opts.dtype)?;
+        Self::assemble(config, opts, gpu, kernels, device_weights)
+    }
+
+    /// Random weights (N(0, 0.02), unit norms) generated on the device from `seed`: real model
+    /// shapes for benchmarks without a host copy of the weights.
+    pub fn with_random_weights(
+        config: ModelConfig,
+        seed: u64,
+        opts: CudaOptions,
+    ) -> Result<Self, BackendError> {
+        check_config(&config, &opts)?;
+        let gpu = Gpu::open(opts.device)?;
+        let kernels = Kernels::compile(
+            &gpu,
+            config.head_dim,
+            config.num_heads / config.num_kv_heads,
+            opts.dtype,
+        )?;
+        let device_weights = DeviceWeights::random(&gpu, &kernels, &config, seed)?;
+        Self::assemble(config, opts, gpu, kernels, device_weights)
+    }
+
+    fn assemble(
+        config: ModelConfig,
+        opts: CudaOptions,
+        gpu: Arc<Gpu>,
+        kernels: Kernels,
+        weights: DeviceWeights,
+    ) -> Result<Self, BackendError> {
+        let blas = Blas::new(&gpu, opts.dtype)?;
+        let scratch = Self::alloc_scratch(&gpu, &config, &opts)?;
+        let layout = KvLayout {
+            num_layers: config.num_layers,
+            num_kv_heads: config.num_kv_heads,
+            head_dim: config.head_dim,
+            block_size: opts.block_size,
+            dtype: opts.dtype.kv_dtype(),
+        };
+        let (free, total) = gpu.memory_info()?;
+        let allowed = (total as f64 * opts.gpu_memory_utilization as f64) as usize;
+        // Reserve room for cuBLAS workspaces and the metadata buffer.
+        let headroom = 512 << 20;
+        let budget = allowed
+            .saturating_sub(total - free)
+            .saturating_sub(headroom)
+            .min(free.saturating_sub(headroom));
+        let num_blocks = budget / layout.bytes_per_block();
+        if num_blocks == 0 {
+            return Err(BackendError::OutOfMemory(format!(
+                "no room for a KV block: {} MiB free of {} MiB, utilization {}",
+                free >> 20,
+                total >> 20,
+                opts.gpu_memory_utilization
+            )));
+        }
+        let cache = DeviceKvCache::new(&gpu, layout, num_blocks)?;
+        tracing::info!(
+            device = %gpu.name,
+            weights_mib = weights.bytes() >> 20,
+            kv_blocks = num_blocks,
+            kv_mib = cache.bytes() >> 20,
+            "CUDA backend ready"
+        );
+        Ok(Self {
+            config,
+            opts,
+            gpu,
+            kernels,
+            blas,
+            weights,
+            cache,
+            scratch,
+            plan: StepPlan::default(),
+        })
+    }
+
+    fn alloc_scratch(
+        gpu: &Arc<Gpu>,
+        c: &ModelConfig,
+        o: &CudaOptions,
+    ) -> Result<Scratch, BackendError> {
+        let t = o.max_batch_tokens;
+        let s = o.max_num_seqs;
+        let h = c.hidden_size;
+        let q_dim = c.num_heads * c.head_dim;
+        let qkv_w = q_dim + 2 * c.num_kv_heads * c.head_dim;
+        let inter = c.intermediate_size;
+        let inv_freq = rope::inverse_frequencies(c);
+        let inv_freq_buf = gpu.alloc(inv_freq.len() * 8, "rope table")?;
+        inv_freq_buf.write(&inv_freq)?;
+        gpu.synchronize()?;
+        Ok(Scratch {
+            hidden: gpu.alloc(t * h * 4, "hidden state")?,
+            normed: gpu.alloc(t * h * 2, "normed activations")?,
+            qkv: gpu.alloc(t * qkv_w * 4, "qkv activations")?,
+            q: gpu.alloc(t * q_dim * 2, "rotated queries")?,
+            attn: gpu.alloc(t * q_dim * 2, "attention output")?,
+            gate_up: gpu.alloc(t * 2 * inter * 2, "gate/up activations")?,
+            act: gpu.alloc(t * inter * 2, "SwiGLU output")?,
+            final_normed: gpu.alloc(s * h * 2, "final norm rows")?,
+            logits: gpu.alloc(s * c.vocab_size * 4, "logits")?,
+            sampled: gpu.alloc(s * 4, "sampled tokens")?,
+            part_acc: gpu.alloc(
+                s * c.num_heads * MAX_DECODE_SPLITS * c.head_dim * 4,
+                "decode partials",
+            )?,
+            part_ml: gpu.alloc(
+                s * c.num_heads * MAX_DECODE_SPLITS * 2 * 4,
+                "decode partial stats",
+            )?,
+            inv_freq: inv_freq_buf,
+            meta: None,
+        })
+    }
+
+    /// Chooses the skinny GEMM or cuBLAS for `y[rows, out] (+)= x · wᵀ`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn linear(
+        &self,
+        y: u64,
+        y_type: gemm::OutType,
+        x: u64,
+        w: u64,
+        rows: usize,
+        inn: usize,
+        out: usize,
+        accumulate: bool,
+    ) -> Result<(), BackendError> {
+        if rows <= self.opts.skinny_gemm_max_rows && !(accumulate && y_type == gemm::OutType::Half) {
+            let y_f32 = y_type == gemm::OutType::F32;
+            if let Some(done) = self.kernels.skinny_gemm(y, y_f32, x, w, rows, inn, out, accumulate) {
+                return done;
+            }
+        }
+        self.blas.linear(y, y_type, x, w, rows, inn, out, accumulate)
+    }
+
+    /// Changes which projections use the skinny GEMM (benchmarks compare both paths).
+    pub fn set_skinny_gemm_max_rows(&mut self, rows: usize) {
+        self.opts.skinny_gemm_max_rows = rows;
+    }
+
+    /// Device name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn device_name(&self) -> &str {
+        &self.gpu.name
+    }
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+    pub fn options(&self) -> &CudaOptions {
+        &self.opts
+    }
+    /// Device bytes held by the weights.
+    pub fn weights_bytes(&self) -> usize {
+        self.weights.bytes()
+    }
+
+    /// Runs the batch and samples greedily on the device: one token per step that wants
+    /// logits, and only those tokens cross to the host.
+    pub fn forward_greedy(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError> {
+        self.run(batch)?;
+        let rows = self.plan.logit_rows;
+        if rows == 0 {
+            self.gpu.synchronize()?;
+            return Ok(Vec::new());
+        }
+        self.kernels.launch(
+            &self.kernels.argmax_rows,
+            (rows as u32, 1, 1),
+            1024,
+            &[
+                kernels::Arg::Ptr(self.scratch.logits.ptr()),
+                kernels::Arg::Ptr(self.scratch.sampled.ptr()),
+                kernels::Arg::I32(self.config.vocab_size as i32),
+            ],
+        )?;
+        let mut out = vec![0u32; rows];
+        self.scratch.sampled.read(&mut out)?;
+        Ok(out)
+    }
+
+    /// Runs the batch and leaves the logits on the device (benchmarks time this plus a sync).
+    pub fn forward_on_device(&mut self, batch: &[SeqStep<'_>]) -> Result<(), BackendError> {
+        self.run(batch)
+    }
+
+    pub fn synchronize(&self) -> Result<(), BackendError> {
+        self.gpu.synchronize()
+    }
+
+    /// Fills the whole KV cache with N(0, 1) values: benchmarks read realistic data instead of
+    /// whatever the allocation held (zeros can run faster than real data).
+    pub fn randomize_kv_cache(&mut self, seed: u64) -> Result<(), BackendError> {
+        self.gpu.bind()?;
+        self.kernels.launch(
+            &self.kernels.fill_normal,
+            (4096, 1, 1),
+            256,
+            &[
+                kernels::Arg::Ptr(self.cache.ptr()),
+                kernels::Arg::U64((self.cache.bytes() / 2) as u64),
+                kernels::Arg::U64(seed),
+                kernels::Arg::U64(u64::MAX),
+                kernels::Arg::F32(1.0),
+            ],
+        )?;
+        self.gpu.synchronize()
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        format!("cuda:{}", self.opts.device)
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn kv_layout(&self) -> &KvLayout {
+        self.cache.layout()
+    }
+
+    fn num_kv_blocks(&self) -> usize {
+        self.cache.num_blocks()
+    }
+
+    fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Logits, BackendError> {
+        self.run(batch)?;
+        let vocab = self.config.vocab_size;
+        let mut data = vec![0f32; self.plan.logit_rows * vocab];
+        self.scratch.logits.read(&mut data)?;
+        Ok(Logits {
+            vocab_size: vocab,
+            data,
+        })
+    }
+
+    fn export_blocks(&self, blocks: &[u32], out: &mut Vec<u8>) -> Result<(), BackendError> {
+        self.cache.export(blocks, out)
+    }
+
+    fn import_blocks(&mut self, blocks: &[u32], data: &[u8]) -> Result<(), BackendError> {
+        self.cache.import(blocks, data)
+    }
+}

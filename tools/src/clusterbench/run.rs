@@ -1,0 +1,172 @@
+//! The whole benchmark: one system at a time (the other is stopped, so they never share the
+//! cores), writes at each concurrency, then kill trials; results to JSON, PNG and a table.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::json;
+
+use super::figures::{render_table, TrialFigure, WriteFigure};
+use super::load::closed_loop;
+use super::plots;
+use super::target::{Cluster, SystemKind};
+use super::trials::{detection_trial, failover_trial, TrialSettings};
+
+pub struct Settings {
+    pub stator_bin: PathBuf,
+    pub etcd_bin: Option<PathBuf>,
+    pub writers: Vec<usize>,
+    pub warmup_s: f64,
+    pub window_s: f64,
+    pub windows: usize,
+    pub write_timeout: Duration,
+    pub trials: usize,
+    pub trial: TrialSettings,
+    pub detection_poll: Duration,
+    pub out: PathBuf,
+    pub plot_font: Option<PathBuf>,
+}
+
+const CLUSTER_SIZE: usize = 3;
+
+pub async fn run(settings: &Settings) -> Result<String> {
+    let mut writes = Vec::new();
+    let mut trials = Vec::new();
+    let mut systems = vec![(SystemKind::Stator, settings.stator_bin.clone())];
+    if let Some(etcd) = &settings.etcd_bin {
+        systems.push((SystemKind::Etcd, etcd.clone()));
+    }
+    for (kind, binary) in systems {
+        let root = tempfile::Builder::new().prefix(&format!("clusterbench-{}-", kind.name())).tempdir()?;
+        eprintln!("[{}] starting 3 members under {}", kind.name(), root.path().display());
+        let mut cluster = Cluster::start(kind, &binary, root.path(), CLUSTER_SIZE).await?;
+        for &writers in &settings.writers {
+            let duration = Duration::from_secs_f64(settings.warmup_s + settings.window_s * settings.windows as f64);
+            eprintln!("[{}] {writers} writers for {duration:?}", kind.name());
+            let completions = closed_loop(&cluster.client(), writers, duration, settings.write_timeout).await;
+            let figure = WriteFigure::from_completions(
+                kind,
+                writers,
+                &completions,
+                settings.warmup_s,
+                settings.window_s,
+                settings.windows,
+            );
+            eprintln!(
+                "[{}] {writers} writers: {:.0} writes/s p50, latency p99 {:.2} ms, {} failed",
+                kind.name(),
+                figure.throughput.map_or(0.0, |t| t.p50),
+                figure.latency_ms.map_or(f64::NAN, |l| l.p99),
+                figure.failed
+            );
+            writes.push(figure);
+        }
+        let mut failover = Vec::new();
+        for trial in 0..settings.trials {
+            let outcome = failover_trial(&mut cluster, trial as u64, &settings.trial)
+                .await
+                .with_context(|| format!("{} failover trial {trial}", kind.name()))?;
+            eprintln!("[{}] failover {trial}: {outcome:?} ms", kind.name());
+            failover.push(outcome);
+        }
+        let target = (kind == SystemKind::Stator).then_some(600.0);
+        trials.push(TrialFigure::new(kind, "failover", &failover, target));
+        if let Cluster::Stator(stator) = &mut cluster {
+            let mut detection = Vec::new();
+            for trial in 0..settings.trials {
+                let outcome = detection_trial(stator, trial as u64, settings.detection_poll, &settings.trial)
+                    .await
+                    .with_context(|| format!("stator detection trial {trial}"))?;
+                eprintln!("[stator] detection {trial}: {outcome:?} ms");
+                detection.push(outcome);
+            }
+            trials.push(TrialFigure::new(kind, "detection", &detection, Some(400.0)));
+        }
+        drop(cluster);
+    }
+    write_results(settings, &writes, &trials)?;
+    Ok(render_table(&writes, &trials))
+}
+
+fn environment(settings: &Settings) -> serde_json::Value {
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "note": "3 members and the client share this machine's cores over loopback; one system runs at a time",
+        "stator": "3 peers, --no-model, default settings",
+        "etcd": "3 members, etcd defaults (heartbeat 100 ms, election timeout 1000 ms), gRPC KV/Put over HTTP/2 cleartext",
+        "etcd_binary": settings.etcd_bin.as_ref().map(|p| p.display().to_string()),
+        "key_bytes": 16,
+        "value_bytes": 64,
+        "key_space": super::load::KEY_SPACE,
+        "unix_time_s": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    })
+}
+
+fn save(path: &Path, value: &impl Serialize) -> Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(value)?).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+fn write_results(settings: &Settings, writes: &[WriteFigure], trials: &[TrialFigure]) -> Result<()> {
+    let out = &settings.out;
+    std::fs::create_dir_all(out)?;
+    let env = environment(settings);
+    save(
+        &out.join("cluster-writes.json"),
+        &json!({
+            "environment": env,
+            "method": {
+                "closed_loop": "each writer keeps one write in flight; writers round-robin over the members",
+                "warmup_s": settings.warmup_s,
+                "window_s": settings.window_s,
+                "windows": settings.windows,
+                "throughput": "acknowledged writes per window; p50 and p1 (slow tail) over the windows",
+                "latency": "client-observed latency of every acknowledged write in the measured span",
+                "write_timeout_ms": settings.write_timeout.as_millis() as u64,
+            },
+            "figures": writes,
+        }),
+    )?;
+    let by_what = |what: &str| -> Vec<&TrialFigure> { trials.iter().filter(|t| t.what == what).collect() };
+    save(
+        &out.join("cluster-failover.json"),
+        &json!({
+            "environment": env,
+            "method": "find the leader, SIGKILL it, writes in a tight loop through both survivors (each attempt times out and is retried); time from kill to the first acknowledged write; restart and wait until all serve",
+            "attempt_timeout_ms": settings.trial.attempt_timeout.as_millis() as u64,
+            "figures": by_what("failover"),
+        }),
+    )?;
+    save(
+        &out.join("cluster-detection.json"),
+        &json!({
+            "environment": env,
+            "method": "SIGKILL a follower (alternating), poll the leader's /admin/v1/members until it shows down; restart and wait up",
+            "poll_ms": settings.detection_poll.as_millis() as u64,
+            "figures": by_what("detection"),
+        }),
+    )?;
+    plots::register_font(settings.plot_font.as_deref())?;
+    for &writers in &settings.writers {
+        let series: Vec<(String, &[f64])> = writes
+            .iter()
+            .filter(|f| f.writers == writers)
+            .map(|f| (f.system.name().to_string(), f.latencies_ms.as_slice()))
+            .collect();
+        let file = out.join(format!("cluster-write-latency-cdf-{writers}.png"));
+        plots::cdf_chart(&file, &format!("commit latency, {writers} writers"), "latency (ms)", &series)?;
+        eprintln!("wrote {}", file.display());
+    }
+    for what in ["failover", "detection"] {
+        let figures = by_what(what);
+        let series: Vec<(String, &[f64])> =
+            figures.iter().map(|f| (f.system.name().to_string(), f.trials_ms.as_slice())).collect();
+        let file = out.join(format!("cluster-{what}-cdf.png"));
+        plots::cdf_chart(&file, &format!("{what}: SIGKILL to recovery"), "ms after SIGKILL", &series)?;
+        eprintln!("wrote {}", file.display());
+    }
+    Ok(())
+}

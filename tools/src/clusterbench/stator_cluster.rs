@@ -1,0 +1,233 @@
+//! A 3-peer `stator` cluster on loopback and its admin-API client.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+use super::process::{free_port, poll_until, MemberProcess};
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct StatorPeer {
+    process: MemberProcess,
+    node_id: u64,
+}
+
+/// The admin API of every peer over HTTP/1.1 keep-alive; clones share the connection pool.
+#[derive(Clone)]
+pub struct StatorClient {
+    http: reqwest::Client,
+    /// (base URL, admin token) per peer.
+    peers: Vec<(String, String)>,
+}
+
+impl StatorClient {
+    fn new(peers: Vec<(String, String)>) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .http1_only()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(1024)
+            .build()?;
+        Ok(Self { http, peers })
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// `PUT /admin/v1/meta/{key}`: Ok once the write is committed and applied.
+    pub async fn put(&self, peer: usize, key: &str, value: &str, timeout: Duration) -> Result<(), String> {
+        let (base, token) = &self.peers[peer];
+        let response = self
+            .http
+            .put(format!("{base}/admin/v1/meta/{key}"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "value": value }))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| if e.is_timeout() { "timeout".to_string() } else { format!("transport: {e}") })?;
+        let status = response.status();
+        // Read the body so the connection goes back to the pool.
+        let body = response.bytes().await.map_err(|e| format!("body: {e}"))?;
+        if status.as_u16() == 200 {
+            Ok(())
+        } else {
+            Err(format!("HTTP {}: {}", status.as_u16(), String::from_utf8_lossy(&body)))
+        }
+    }
+
+    async fn admin_get(&self, peer: usize, path: &str) -> Result<Value> {
+        let (base, token) = &self.peers[peer];
+        let response = self
+            .http
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .timeout(ADMIN_TIMEOUT)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if !status.is_success() {
+            bail!("GET {path}: HTTP {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    pub async fn status(&self, peer: usize) -> Result<Value> {
+        self.admin_get(peer, "/admin/v1/status").await
+    }
+
+    /// (member id, status) as the peer's applied state shows them.
+    pub async fn member_statuses(&self, peer: usize) -> Result<Vec<(u64, String)>> {
+        let members = self.admin_get(peer, "/admin/v1/members").await?;
+        members
+            .as_array()
+            .ok_or_else(|| anyhow!("members is not a list: {members}"))?
+            .iter()
+            .map(|m| {
+                let id = m["id"].as_u64().ok_or_else(|| anyhow!("member without id: {m}"))?;
+                let status = m["status"].as_str().ok_or_else(|| anyhow!("member without status: {m}"))?;
+                Ok((id, status.to_string()))
+            })
+            .collect()
+    }
+
+    pub async fn healthy(&self, peer: usize) -> bool {
+        let (base, _) = &self.peers[peer];
+        matches!(
+            self.http.get(format!("{base}/health")).timeout(ADMIN_TIMEOUT).send().await,
+            Ok(r) if r.status().as_u16() == 200
+        )
+    }
+}
+
+pub struct StatorCluster {
+    peers: Vec<StatorPeer>,
+    client: StatorClient,
+}
+
+impl StatorCluster {
+    /// Bootstraps the first peer, joins the others, waits until every peer is healthy.
+    pub async fn start(binary: &Path, root: &Path, size: usize) -> Result<Self> {
+        let mut processes = Vec::new();
+        let mut bases = Vec::new();
+        let mut first_quic: Option<(SocketAddr, String)> = None;
+        for index in 0..size {
+            let quic: SocketAddr = format!("127.0.0.1:{}", free_port(true)?).parse()?;
+            let http: SocketAddr = format!("127.0.0.1:{}", free_port(false)?).parse()?;
+            let data_dir = root.join(format!("stator{index}"));
+            let mut args = vec![
+                "peer".to_string(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--listen".into(),
+                quic.to_string(),
+                "--http".into(),
+                http.to_string(),
+                "--no-model".into(),
+            ];
+            if let Some((addr, token)) = &first_quic {
+                args.extend(["--join".to_string(), addr.to_string(), "--token".into(), token.clone()]);
+            }
+            let envs = vec![("STATOR_LOG".to_string(), "warn".to_string())];
+            let mut process = MemberProcess::new(&format!("stator{index}"), binary, args, envs, root);
+            process.start()?;
+            let base = format!("http://{http}");
+            let probe = StatorClient::new(vec![(base.clone(), String::new())])?;
+            if poll_until(START_TIMEOUT, Duration::from_millis(50), || async {
+                probe.healthy(0).await.then_some(())
+            })
+            .await
+            .is_none()
+            {
+                bail!("{} not healthy after {START_TIMEOUT:?}:\n{}", process.name, process.log_tail(30));
+            }
+            if index == 0 {
+                let token = poll_until(Duration::from_secs(5), Duration::from_millis(25), || async {
+                    process
+                        .log()
+                        .lines()
+                        .find_map(|l| l.trim().strip_prefix("join token:").map(|t| t.trim().to_string()))
+                })
+                .await
+                .ok_or_else(|| anyhow!("stator0 printed no join token:\n{}", process.log_tail(30)))?;
+                first_quic = Some((quic, token));
+            }
+            let token = std::fs::read_to_string(data_dir.join("admin.token"))
+                .context("cannot read admin.token")?
+                .trim()
+                .to_string();
+            bases.push((base, token));
+            processes.push(process);
+        }
+        let client = StatorClient::new(bases)?;
+        let mut peers = Vec::new();
+        for (index, process) in processes.into_iter().enumerate() {
+            let node_id = client.status(index).await?["node_id"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("status without node_id"))?;
+            peers.push(StatorPeer { process, node_id });
+        }
+        let cluster = Self { peers, client };
+        cluster.wait_all_up(START_TIMEOUT).await?;
+        Ok(cluster)
+    }
+
+    pub fn client(&self) -> StatorClient {
+        self.client.clone()
+    }
+
+    pub fn node_id(&self, peer: usize) -> u64 {
+        self.peers[peer].node_id
+    }
+
+    /// The peer that says it leads (asking the others first is not needed: a leader knows).
+    pub async fn leader(&self) -> Option<usize> {
+        for index in 0..self.peers.len() {
+            if let Ok(status) = self.client.status(index).await {
+                if status["is_leader"].as_bool() == Some(true) {
+                    return Some(index);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn sigkill(&mut self, peer: usize) -> Result<Instant> {
+        self.peers[peer].process.sigkill()
+    }
+
+    pub async fn restart(&mut self, peer: usize) -> Result<()> {
+        let process = &mut self.peers[peer].process;
+        process.reap(Duration::from_secs(5)).await?;
+        process.start()
+    }
+
+    /// Every peer healthy, a leader elected, and the leader's state shows every member `up`.
+    pub async fn wait_all_up(&self, timeout: Duration) -> Result<()> {
+        let ids: Vec<u64> = self.peers.iter().map(|p| p.node_id).collect();
+        let ready = poll_until(timeout, Duration::from_millis(20), || async {
+            for index in 0..self.peers.len() {
+                if !self.client.healthy(index).await {
+                    return None;
+                }
+            }
+            let leader = self.leader().await?;
+            let statuses = self.client.member_statuses(leader).await.ok()?;
+            ids.iter()
+                .all(|id| statuses.iter().any(|(m, s)| m == id && s == "up"))
+                .then_some(())
+        })
+        .await;
+        ready.ok_or_else(|| {
+            let logs: Vec<String> =
+                self.peers.iter().map(|p| format!("--- {} ---\n{}", p.process.name, p.process.log_tail(15))).collect();
+            anyhow!("stator cluster not all up within {timeout:?}\n{}", logs.join("\n"))
+        })
+    }
+}
