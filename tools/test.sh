@@ -15,4 +15,6 @@ echo "==> build"
 cargo build --workspace --bins --locked
 
 echo "==> tests"
+# Tests that need the default model fail instead of skipping when it is missing.
+export STATOR_REQUIRE_MODEL=1
 cargo test --workspace --locked -- --test-threads "${STATOR_TEST_THREADS:-2}"

@@ -39,6 +39,8 @@ struct RollingBackend {
     gate: Option<Gate>,
     /// Slows every forward pass so long requests are still running when a test looks.
     step_delay: Duration,
+    /// Dropped with the backend: tells a test the engine thread has ended.
+    _alive: Option<mpsc::Sender<()>>,
 }
 
 impl RollingBackend {
@@ -74,6 +76,7 @@ impl RollingBackend {
             storage,
             gate: None,
             step_delay: Duration::ZERO,
+            _alive: None,
         }
     }
 
@@ -728,4 +731,22 @@ fn handles_and_streams_can_move_into_async_tasks() {
     fn movable<T: Send>() {}
     shareable::<EngineHandle>();
     movable::<EventStream>();
+}
+
+#[tokio::test]
+async fn dropping_every_handle_stops_the_engine_thread() {
+    let (alive, engine_gone) = mpsc::channel::<()>();
+    let backend = RollingBackend {
+        _alive: Some(alive),
+        ..RollingBackend::new(64)
+    };
+    let engine = Engine::start(Box::new(backend), cfg(), vec![]);
+    let stream = engine
+        .submit(request("last", prompt(1, 5), greedy(5)))
+        .unwrap();
+    drop(engine);
+    // The request still in flight completes without a handle.
+    assert_eq!(collect(stream).await.tokens.len(), 5);
+    let ended = engine_gone.recv_timeout(DEADLINE);
+    assert_eq!(ended, Err(mpsc::RecvTimeoutError::Disconnected));
 }

@@ -232,3 +232,15 @@ fn chat_template_from_metadata_and_chatml_fallback() {
     .unwrap();
     assert!(broken.apply_chat_template(&conversation, true).is_err());
 }
+
+#[test]
+fn qwen2_vocabularies_compose_unicode_before_splitting() {
+    let decomposed = "cafe\u{301}";
+    let qwen2 =
+        tokenizer_with(&[("tokenizer.ggml.pre", MetaValue::String("qwen2".into()))]).unwrap();
+    let ids = qwen2.encode(decomposed, false).unwrap();
+    assert_eq!(qwen2.decode(&ids, false).unwrap(), "caf\u{e9}");
+    let gpt2 = tokenizer();
+    let ids = gpt2.encode(decomposed, false).unwrap();
+    assert_eq!(gpt2.decode(&ids, false).unwrap(), decomposed);
+}

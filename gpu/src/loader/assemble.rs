@@ -165,7 +165,7 @@ fn take_required(
 pub(crate) fn unpermute_rotary_rows(t: &Tensor, num_heads: usize) -> Result<Tensor, LoadError> {
     let rows = t.shape.first().copied().unwrap_or(0);
     let cols = t.numel().checked_div(rows).unwrap_or(0);
-    if num_heads == 0 || rows % num_heads != 0 || (rows / num_heads) % 2 != 0 {
+    if num_heads == 0 || rows % num_heads != 0 || (rows / num_heads) & 1 == 1 {
         return Err(LoadError::Unsupported(format!(
             "cannot undo the rotary permutation: {rows} rows over {num_heads} heads"
         )));

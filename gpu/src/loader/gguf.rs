@@ -249,7 +249,7 @@ impl GgufFile {
             },
         };
 
-        let mut raw_infos = Vec::with_capacity(tensor_count as usize);
+        let mut raw_infos = Vec::with_capacity((tensor_count as usize).min(1 << 16));
         for _ in 0..tensor_count {
             let name = r.string()?;
             let n_dims = r.u32()?;
@@ -466,7 +466,8 @@ impl<'a> Reader<'a> {
                 let elem_type = self.u32()?;
                 let len = self.u64()?;
                 self.check_count(len, min_value_bytes(elem_type)?, "array length")?;
-                let mut items = Vec::with_capacity(len as usize);
+                // Grow as elements actually parse: a value takes more memory than its bytes.
+                let mut items = Vec::with_capacity((len as usize).min(1 << 16));
                 for _ in 0..len {
                     items.push(self.value(elem_type, depth + 1)?);
                 }

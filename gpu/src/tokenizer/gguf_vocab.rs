@@ -6,6 +6,7 @@
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::unicode::NFC;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
@@ -97,6 +98,10 @@ pub(super) fn from_gguf(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
         .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
 
     let mut inner = tokenizers::Tokenizer::new(bpe);
+    if matches!(pre, "qwen2" | "deepseek-r1-qwen") {
+        // Qwen2's Hugging Face tokenizer composes text (NFC) before splitting.
+        inner.with_normalizer(Some(NFC));
+    }
     let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
     for regex in regexes {
         let split = Split::new(
