@@ -124,14 +124,41 @@ fn ceilings(gpu: &Arc<Gpu>, timer: &Timer) -> Res<Ceilings> {
 
 /// Weight-streaming rate of each 8B projection shape at decode batch sizes: cuBLAS against
 /// the skinny GEMM. Weight regions rotate through 2 GiB so no run reads from L2.
-fn projection_rates(gpu: &Arc<Gpu>, timer: &Timer, table: &mut Vec<String>, results: &mut Vec<serde_json::Value>) -> Res<()> {
+fn projection_rates(
+    gpu: &Arc<Gpu>,
+    timer: &Timer,
+    table: &mut Vec<String>,
+    results: &mut Vec<serde_json::Value>,
+) -> Res<()> {
     let kernels = Kernels::compile(gpu, 128, 4, CudaDtype::Bf16)?;
     let blas = Blas::new(gpu, CudaDtype::Bf16)?;
     let pool_bytes = 2usize << 30;
     let pool = gpu.alloc(pool_bytes, "weights pool")?;
-    kernels.launch(&kernels.fill_normal, (4096, 1, 1), 256, &[Arg::Ptr(pool.ptr()), Arg::U64((pool_bytes / 2) as u64), Arg::U64(3), Arg::U64(3), Arg::F32(0.02)])?;
+    kernels.launch(
+        &kernels.fill_normal,
+        (4096, 1, 1),
+        256,
+        &[
+            Arg::Ptr(pool.ptr()),
+            Arg::U64((pool_bytes / 2) as u64),
+            Arg::U64(3),
+            Arg::U64(3),
+            Arg::F32(0.02),
+        ],
+    )?;
     let x = gpu.alloc(8 * 14336 * 2, "x")?;
-    kernels.launch(&kernels.fill_normal, (64, 1, 1), 256, &[Arg::Ptr(x.ptr()), Arg::U64(8 * 14336), Arg::U64(4), Arg::U64(4), Arg::F32(1.0)])?;
+    kernels.launch(
+        &kernels.fill_normal,
+        (64, 1, 1),
+        256,
+        &[
+            Arg::Ptr(x.ptr()),
+            Arg::U64(8 * 14336),
+            Arg::U64(4),
+            Arg::U64(4),
+            Arg::F32(1.0),
+        ],
+    )?;
     let y = gpu.alloc(8 * 128_256 * 4, "y")?;
     let shapes = [
         ("8B qkv", 4096usize, 6144usize),
@@ -157,7 +184,9 @@ fn projection_rates(gpu: &Arc<Gpu>, timer: &Timer, table: &mut Vec<String>, resu
                     let w = pool.ptr() + ((rep % regions) * bytes) as u64;
                     rep += 1;
                     if skinny {
-                        kernels.skinny_gemm(y.ptr(), true, x.ptr(), w, rows, inn, out, false).ok_or("shape refused")??;
+                        kernels
+                            .skinny_gemm(y.ptr(), true, x.ptr(), w, rows, inn, out, false)
+                            .ok_or("shape refused")??;
                     } else {
                         blas.linear(y.ptr(), OutType::F32, x.ptr(), w, rows, inn, out, false)?;
                     }
@@ -165,8 +194,14 @@ fn projection_rates(gpu: &Arc<Gpu>, timer: &Timer, table: &mut Vec<String>, resu
                 })?;
                 let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
                 let path = if skinny { "skinny" } else { "cublas" };
-                println!("  {name:<11} rows{rows} {inn}x{out} {path:<7} {:8.1} us {gbps:7.0} GB/s", ms * 1e3);
-                table.push(format!("{name:<11} rows{rows} {path:<7} {:8.1} us  {gbps:6.0} GB/s weights", ms * 1e3));
+                println!(
+                    "  {name:<11} rows{rows} {inn}x{out} {path:<7} {:8.1} us {gbps:7.0} GB/s",
+                    ms * 1e3
+                );
+                table.push(format!(
+                    "{name:<11} rows{rows} {path:<7} {:8.1} us  {gbps:6.0} GB/s weights",
+                    ms * 1e3
+                ));
                 results.push(json!({"kind": "projection", "name": name, "rows": rows, "in": inn, "out": out, "path": path, "us": ms * 1e3, "gbps": gbps}));
             }
         }
@@ -281,11 +316,24 @@ fn main() -> Res<()> {
         // A/B: the same decode steps with every projection on cuBLAS.
         for &(batch, ctx) in &[(1usize, 512usize), (8, 512), (1, 2048)] {
             let blocks_per_seq = (ctx + 1).div_ceil(bs);
-            let tables: Vec<Vec<u32>> = (0..batch).map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect()).collect();
+            let tables: Vec<Vec<u32>> = (0..batch)
+                .map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect())
+                .collect();
             let tokens: Vec<[u32; 1]> = (0..batch).map(|s| [(s * 31 + 5) as u32]).collect();
-            let steps: Vec<SeqStep> = tables.iter().zip(&tokens).map(|(t, tok)| SeqStep { tokens: tok, start_pos: ctx - 1, block_table: t, want_logits: true }).collect();
+            let steps: Vec<SeqStep> = tables
+                .iter()
+                .zip(&tokens)
+                .map(|(t, tok)| SeqStep {
+                    tokens: tok,
+                    start_pos: ctx - 1,
+                    block_table: t,
+                    want_logits: true,
+                })
+                .collect();
             backend.set_skinny_gemm_max_rows(0);
-            let ms = timer.median_ms(&gpu, 3, if quick { 5 } else { 20 }, || Ok(backend.forward_on_device(&steps)?));
+            let ms = timer.median_ms(&gpu, 3, if quick { 5 } else { 20 }, || {
+                Ok(backend.forward_on_device(&steps)?)
+            });
             backend.set_skinny_gemm_max_rows(CudaOptions::default().skinny_gemm_max_rows);
             let ms = ms?;
             let bytes = decode_bytes(&config, &backend, batch, ctx);

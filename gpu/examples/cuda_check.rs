@@ -251,10 +251,28 @@ fn check_elementwise(gpu: &Arc<Gpu>, rng: &mut ChaCha8Rng, report: &mut Report) 
             poisoned(gpu, rows * outd * elem)?
         };
         if skinny {
-            k.skinny_gemm(dy.ptr(), out_type == OutType::F32, dx.ptr(), dw.ptr(), rows, inn, outd, accumulate)
-                .ok_or("skinny gemm refused the shape")??;
+            k.skinny_gemm(
+                dy.ptr(),
+                out_type == OutType::F32,
+                dx.ptr(),
+                dw.ptr(),
+                rows,
+                inn,
+                outd,
+                accumulate,
+            )
+            .ok_or("skinny gemm refused the shape")??;
         } else {
-            blas.linear(dy.ptr(), out_type, dx.ptr(), dw.ptr(), rows, inn, outd, accumulate)?;
+            blas.linear(
+                dy.ptr(),
+                out_type,
+                dx.ptr(),
+                dw.ptr(),
+                rows,
+                inn,
+                outd,
+                accumulate,
+            )?;
         }
         let mut reference = Vec::new();
         for r in 0..rows {
@@ -277,7 +295,11 @@ fn check_elementwise(gpu: &Arc<Gpu>, rng: &mut ChaCha8Rng, report: &mut Report) 
             read_half(&dy, rows * outd)?
         };
         report.add(
-            if skinny { "skinny gemm" } else { "cublas linear" },
+            if skinny {
+                "skinny gemm"
+            } else {
+                "cublas linear"
+            },
             format!(
                 "{rows}x{inn}->{outd} {out_type:?}{}",
                 if accumulate { " +=" } else { "" }
@@ -920,7 +942,14 @@ fn main() -> Res<()> {
         vec![7; 3],
         (0..130).map(|i| (i * 37 % 512) as u32).collect(),
     ];
-    if let Err(e) = check_model(false, "small-random", config, weights, &prompts, &mut report) {
+    if let Err(e) = check_model(
+        false,
+        "small-random",
+        config,
+        weights,
+        &prompts,
+        &mut report,
+    ) {
         println!("small-model check failed: {e}");
         report.add("small-random model", format!("error: {e}"), f64::NAN, 0.0);
     }

@@ -62,6 +62,11 @@ impl Worker {
             if !self.drain_commands() || self.shared.shut_down.load(Ordering::Acquire) {
                 break;
             }
+            // The worker's own reference is the last one: no handle can submit again, so stop
+            // once the requests still streaming are done.
+            if Arc::strong_count(&self.shared) == 1 && self.requests.is_empty() {
+                break;
+            }
             if self.scheduler.has_work() {
                 self.step();
             }
@@ -83,7 +88,6 @@ impl Worker {
                 match self.inbox.try_recv() {
                     Ok(command) => command,
                     Err(TryRecvError::Empty) => return true,
-                    // Handles and streams are gone; finish nothing nobody can receive.
                     Err(TryRecvError::Disconnected) => return false,
                 }
             } else {

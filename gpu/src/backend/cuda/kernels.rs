@@ -153,7 +153,12 @@ impl Kernels {
             decode_attention: f("decode_attention")?,
             decode_attention_reduce: f("decode_attention_reduce")?,
             prefill_attention: f("prefill_attention")?,
-            skinny_gemm: [f("skinny_gemm_1")?, f("skinny_gemm_2")?, f("skinny_gemm_4")?, f("skinny_gemm_8")?],
+            skinny_gemm: [
+                f("skinny_gemm_1")?,
+                f("skinny_gemm_2")?,
+                f("skinny_gemm_4")?,
+                f("skinny_gemm_8")?,
+            ],
             _module: module,
             head_dim,
             group,
@@ -214,7 +219,13 @@ impl Kernels {
         accumulate: bool,
     ) -> Option<Result<(), BackendError>> {
         let variant = SKINNY_ROW_VARIANTS.iter().position(|&r| r >= rows)?;
-        if rows == 0 || inn % 8 != 0 || x % 16 != 0 || w % 16 != 0 || inn > i32::MAX as usize || out > i32::MAX as usize {
+        if rows == 0
+            || !inn.is_multiple_of(8)
+            || !x.is_multiple_of(16)
+            || !w.is_multiple_of(16)
+            || inn > i32::MAX as usize
+            || out > i32::MAX as usize
+        {
             return None;
         }
         Some(self.launch(

@@ -126,7 +126,7 @@ fn check_config(c: &ModelConfig, o: &CudaOptions) -> Result<(), BackendError> {
             "unsupported configuration: {what}"
         )))
     };
-    if c.num_heads == 0 || c.num_kv_heads == 0 || c.num_heads % c.num_kv_heads != 0 {
+    if c.num_heads == 0 || c.num_kv_heads == 0 || !c.num_heads.is_multiple_of(c.num_kv_heads) {
         return bad("num_heads must be a positive multiple of num_kv_heads".into());
     }
     if !kernels::supported_head_dim(c.head_dim) {
@@ -294,13 +294,18 @@ impl CudaBackend {
         out: usize,
         accumulate: bool,
     ) -> Result<(), BackendError> {
-        if rows <= self.opts.skinny_gemm_max_rows && !(accumulate && y_type == gemm::OutType::Half) {
+        if rows <= self.opts.skinny_gemm_max_rows && !(accumulate && y_type == gemm::OutType::Half)
+        {
             let y_f32 = y_type == gemm::OutType::F32;
-            if let Some(done) = self.kernels.skinny_gemm(y, y_f32, x, w, rows, inn, out, accumulate) {
+            if let Some(done) = self
+                .kernels
+                .skinny_gemm(y, y_f32, x, w, rows, inn, out, accumulate)
+            {
                 return done;
             }
         }
-        self.blas.linear(y, y_type, x, w, rows, inn, out, accumulate)
+        self.blas
+            .linear(y, y_type, x, w, rows, inn, out, accumulate)
     }
 
     /// Changes which projections use the skinny GEMM (benchmarks compare both paths).

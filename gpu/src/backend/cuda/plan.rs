@@ -158,7 +158,7 @@ impl StepPlan {
             let at = meta.len();
             meta.extend_from_slice(section);
             // Keep every section 16-byte aligned.
-            while meta.len() % 4 != 0 {
+            while !meta.len().is_multiple_of(4) {
                 meta.push(0);
             }
             at
