@@ -104,40 +104,41 @@ impl PeerClient {
             }
             Err(e) => Err(e),
         };
-        result.map_err(|e| self.map_transport_error(action, option, e))
-    }
-
-    /// Unreachable makes openraft back off; Network retries at once; Timeout is a timeout.
-    fn map_transport_error<E: StdError>(
-        &self,
-        action: RPCTypes,
-        option: &RPCOption,
-        e: RpcError,
-    ) -> RPCError<NodeId, PeerAddr, E> {
-        tracing::debug!(target_node = self.target, addr = %self.addr, %action, error = %e, "raft rpc failed");
-        match e {
-            RpcError::Timeout => RPCError::Timeout(Timeout {
-                action,
-                id: self.local,
-                target: self.target,
-                timeout: option.hard_ttl(),
-            }),
-            RpcError::FrameTooLarge { .. } if action == RPCTypes::AppendEntries => {
-                RPCError::PayloadTooLarge(
-                    PayloadTooLarge::new_entries_hint(1).with_source_error(&e),
-                )
-            }
-            // The peer is down, restarting (methods not registered yet) or not trusting us yet.
-            RpcError::Connect(_)
-            | RpcError::Closed(_)
-            | RpcError::UnknownMethod(_)
-            | RpcError::NotAuthorized(_) => RPCError::Unreachable(Unreachable::new(&e)),
-            other => RPCError::Network(NetworkError::from(AnyError::new(&other))),
-        }
+        result.map_err(|e| {
+            tracing::debug!(target_node = self.target, addr = %self.addr, %action, error = %e, "raft rpc failed");
+            map_transport_error(self.local, self.target, action, option.hard_ttl(), e)
+        })
     }
 
     fn remote<E: StdError>(&self, e: E) -> RPCError<NodeId, PeerAddr, E> {
         RPCError::RemoteError(OpenRaftRemoteError::new(self.target, e))
+    }
+}
+
+/// Unreachable makes openraft back off; Network retries at once; Timeout is a timeout.
+fn map_transport_error<E: StdError>(
+    local: NodeId,
+    target: NodeId,
+    action: RPCTypes,
+    timeout: Duration,
+    e: RpcError,
+) -> RPCError<NodeId, PeerAddr, E> {
+    match e {
+        RpcError::Timeout => RPCError::Timeout(Timeout {
+            action,
+            id: local,
+            target,
+            timeout,
+        }),
+        RpcError::FrameTooLarge { .. } if action == RPCTypes::AppendEntries => {
+            RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(1).with_source_error(&e))
+        }
+        // The peer is down, restarting (methods not registered yet) or not trusting us yet.
+        RpcError::Connect(_)
+        | RpcError::Closed(_)
+        | RpcError::UnknownMethod(_)
+        | RpcError::NotAuthorized(_) => RPCError::Unreachable(Unreachable::new(&e)),
+        other => RPCError::Network(NetworkError::from(AnyError::new(&other))),
     }
 }
 
@@ -178,5 +179,63 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(action: RPCTypes, e: RpcError) -> RPCError<NodeId, PeerAddr, OpenRaftError<NodeId>> {
+        map_transport_error(1, 2, action, Duration::from_millis(100), e)
+    }
+
+    #[test]
+    fn transport_errors_map_to_what_makes_openraft_back_off_or_retry() {
+        for down in [
+            RpcError::Connect("refused".into()),
+            RpcError::Closed("reset".into()),
+            RpcError::UnknownMethod("raft.vote".into()),
+            RpcError::NotAuthorized("no cert".into()),
+        ] {
+            assert!(matches!(
+                map(RPCTypes::Vote, down),
+                RPCError::Unreachable(_)
+            ));
+        }
+        match map(RPCTypes::AppendEntries, RpcError::Timeout) {
+            RPCError::Timeout(t) => {
+                assert_eq!(
+                    (t.id, t.target, t.timeout),
+                    (1, 2, Duration::from_millis(100))
+                )
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        let too_large = || RpcError::FrameTooLarge { size: 20, max: 10 };
+        assert!(matches!(
+            map(RPCTypes::AppendEntries, too_large()),
+            RPCError::PayloadTooLarge(_)
+        ));
+        assert!(matches!(
+            map(RPCTypes::Vote, too_large()),
+            RPCError::Network(_)
+        ));
+        assert!(matches!(
+            map(RPCTypes::Vote, RpcError::Decode("bad".into())),
+            RPCError::Network(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn peer_addresses_resolve_literally_or_fail_clearly() {
+        assert_eq!(
+            resolve_peer("127.0.0.1:7400").await.ok(),
+            Some("127.0.0.1:7400".parse().expect("literal"))
+        );
+        assert!(matches!(
+            resolve_peer("not an address").await,
+            Err(RpcError::Connect(_))
+        ));
     }
 }

@@ -35,6 +35,8 @@ const WRITE_QUEUE_DEPTH: usize = 4096;
 /// Extra time `write` grants the writer beyond the write timeout (batch window, scheduling),
 /// so that the writer's own, more precise error arrives first.
 const WRITE_REPLY_GRACE: Duration = Duration::from_millis(250);
+/// Bound on each shutdown step (stopping the core, flushing storage).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What request handlers and the writer need; shared, and held weakly by handlers.
 pub(crate) struct NodeCore {
@@ -258,14 +260,18 @@ impl RaftNode {
     pub async fn shutdown(&self) {
         self.core.stopped.store(true, Ordering::SeqCst);
         self.writer.lock().take();
-        if let Err(e) = self.core.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft core ended abnormally");
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, self.core.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "raft core ended abnormally"),
+            Err(_) => tracing::warn!("raft core did not stop within {SHUTDOWN_TIMEOUT:?}"),
         }
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
-        if let Err(e) = self.db.flush_async().await {
-            tracing::warn!(error = %e, "flushing raft db at shutdown failed");
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, self.db.flush_async()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing raft db at shutdown failed"),
+            Err(_) => tracing::warn!("flushing raft db did not finish within {SHUTDOWN_TIMEOUT:?}"),
         }
         tracing::info!(node_id = self.core.id, "raft node shut down");
     }

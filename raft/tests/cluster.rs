@@ -240,3 +240,48 @@ async fn new_learner_catches_up_from_a_snapshot() {
     learner.kill().await;
     leader.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_fail_within_their_deadline_without_a_quorum() {
+    let ca = ClusterCa::generate("raft-test").expect("ca");
+    let dirs = [(); 3].map(|_| TempDir::new().expect("temp dir"));
+    let write_timeout = Duration::from_millis(800);
+
+    // Not part of any cluster yet: no leader will ever be known.
+    let lonely_dir = TempDir::new().expect("temp dir");
+    let cfg = stator_raft::RaftConfig {
+        write_timeout,
+        ..test_config()
+    };
+    let lonely = start_peer(&ca, 9, lonely_dir.path(), localhost(), cfg).await;
+    let started = Instant::now();
+    let result = lonely.node.write(vec![put("k", "v")]).await;
+    assert!(
+        matches!(result, Err(stator_raft::RaftError::NoLeader)),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < write_timeout + Duration::from_millis(500));
+    lonely.kill().await;
+
+    // A cluster that lost two of three voters cannot commit; the write gives up in time.
+    let mut peers = three_node_cluster(&ca, &dirs).await;
+    let survivor = peers.remove(0);
+    for p in peers {
+        p.kill().await;
+    }
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        survivor.node.write(vec![put("lost", "v")]),
+    )
+    .await
+    .expect("write returned");
+    assert!(result.is_err(), "a write without quorum succeeded");
+    println!(
+        "write without quorum failed after {:?}: {:?}",
+        started.elapsed(),
+        result
+    );
+    assert!(started.elapsed() < test_config().write_timeout + Duration::from_secs(1));
+    survivor.kill().await;
+}
