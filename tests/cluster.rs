@@ -1,8 +1,8 @@
 //! Cluster core: real `stator peer` processes on loopback, killed for real.
 
 use std::collections::BTreeSet;
-use std::net::{TcpStream, UdpSocket};
 use std::io::Write;
+use std::net::{TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +23,13 @@ fn wait_members(peer: &Peer, n: usize, voters: usize, learners: usize) -> Vec<Va
         let m = peer.members().ok()?;
         (m.len() == n && roles(&m) == (voters, learners)).then_some(m)
     })
-    .unwrap_or_else(|| panic!("{} never saw {n} members / {voters} voters / {learners} learners: {:?}", peer.name, peer.members()))
+    .unwrap_or_else(|| {
+        panic!(
+            "{} never saw {n} members / {voters} voters / {learners} learners: {:?}",
+            peer.name,
+            peer.members()
+        )
+    })
 }
 
 #[test]
@@ -33,9 +39,17 @@ fn three_peers_agree_on_members_and_a_fourth_joins_as_learner() {
     let views: Vec<BTreeSet<u64>> = c
         .peers
         .iter()
-        .map(|p| wait_members(p, 3, 3, 0).iter().map(|m| m["id"].as_u64().unwrap()).collect())
+        .map(|p| {
+            wait_members(p, 3, 3, 0)
+                .iter()
+                .map(|m| m["id"].as_u64().unwrap())
+                .collect()
+        })
         .collect();
-    assert!(views.windows(2).all(|w| w[0] == w[1]), "peers disagree: {views:?}");
+    assert!(
+        views.windows(2).all(|w| w[0] == w[1]),
+        "peers disagree: {views:?}"
+    );
     for p in &c.peers {
         let ids: Vec<u64> = views[0].iter().copied().collect();
         assert!(ids.contains(&p.node_id().unwrap()));
@@ -48,7 +62,10 @@ fn three_peers_agree_on_members_and_a_fourth_joins_as_learner() {
     }
     let newcomer = c.peers[3].node_id().unwrap();
     let m = c.peers[0].members().unwrap();
-    let entry = m.iter().find(|m| m["id"].as_u64() == Some(newcomer)).unwrap();
+    let entry = m
+        .iter()
+        .find(|m| m["id"].as_u64() == Some(newcomer))
+        .unwrap();
     assert_eq!(entry["raft_role"], "learner");
 }
 
@@ -70,9 +87,18 @@ fn killing_the_leader_elects_a_new_one_and_writes_continue() {
     .expect("no new leader elected");
     assert_ne!(new_leader, old_id);
     let other = (0..3).find(|&i| i != old && i != survivor).unwrap();
-    wait_for(Duration::from_secs(10), || c.peers[other].put("after", "2").ok()).expect("writes resume");
-    assert_eq!(c.peers[survivor].get("before").unwrap().as_deref(), Some("1"));
-    assert_eq!(c.peers[survivor].get("after").unwrap().as_deref(), Some("2"));
+    wait_for(Duration::from_secs(10), || {
+        c.peers[other].put("after", "2").ok()
+    })
+    .expect("writes resume");
+    assert_eq!(
+        c.peers[survivor].get("before").unwrap().as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        c.peers[survivor].get("after").unwrap().as_deref(),
+        Some("2")
+    );
 }
 
 #[test]
@@ -85,19 +111,28 @@ fn a_killed_follower_is_marked_down_and_back_up_after_restart() {
     let victim_id = c.peers[victim].node_id().unwrap();
     let status_of = |p: &Peer| -> Option<String> {
         let m = p.members().ok()?;
-        m.iter().find(|m| m["id"].as_u64() == Some(victim_id)).map(|m| m["status"].as_str().unwrap_or("").to_string())
+        m.iter()
+            .find(|m| m["id"].as_u64() == Some(victim_id))
+            .map(|m| m["status"].as_str().unwrap_or("").to_string())
     };
     let killed = Instant::now();
     c.peers[victim].kill9();
-    wait_for(Duration::from_secs(5), || (status_of(&c.peers[leader])? == "down").then_some(()))
-        .expect("follower never marked down");
+    wait_for(Duration::from_secs(5), || {
+        (status_of(&c.peers[leader])? == "down").then_some(())
+    })
+    .expect("follower never marked down");
     let detected = killed.elapsed();
-    assert!(detected < Duration::from_secs(3), "detection took {detected:?}");
+    assert!(
+        detected < Duration::from_secs(3),
+        "detection took {detected:?}"
+    );
 
     c.peers[victim].start().unwrap();
     c.peers[victim].wait_healthy(SETTLE).unwrap();
-    wait_for(Duration::from_secs(5), || (status_of(&c.peers[leader])? == "up").then_some(()))
-        .expect("restarted follower never marked up");
+    wait_for(Duration::from_secs(5), || {
+        (status_of(&c.peers[leader])? == "up").then_some(())
+    })
+    .expect("restarted follower never marked up");
 }
 
 #[test]
@@ -119,7 +154,12 @@ fn every_acknowledged_write_survives_kill9_of_all_peers() {
                 let key = format!("w{w}-{i}");
                 let value = format!("v{i}");
                 let body = serde_json::json!({ "value": value });
-                if let Ok((200, _)) = http_request("PUT", &format!("{url_peer}/admin/v1/meta/{key}"), Some(&token), Some(body)) {
+                if let Ok((200, _)) = http_request(
+                    "PUT",
+                    &format!("{url_peer}/admin/v1/meta/{key}"),
+                    Some(&token),
+                    Some(body),
+                ) {
                     acked.lock().unwrap().push((key, value));
                 }
                 i += 1;
@@ -135,7 +175,11 @@ fn every_acknowledged_write_survives_kill9_of_all_peers() {
         w.join().unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 20, "too few writes acknowledged ({}) to prove anything", acked.len());
+    assert!(
+        acked.len() > 20,
+        "too few writes acknowledged ({}) to prove anything",
+        acked.len()
+    );
 
     for p in c.peers.iter_mut() {
         p.start().unwrap();
@@ -145,8 +189,17 @@ fn every_acknowledged_write_survives_kill9_of_all_peers() {
     }
     let (code, all) = c.peers[2].admin("GET", "/admin/v1/meta", None).unwrap();
     assert_eq!(code, 200);
-    let missing: Vec<_> = acked.iter().filter(|(k, v)| all[k].as_str() != Some(v.as_str())).collect();
-    assert!(missing.is_empty(), "{} of {} acknowledged writes lost, e.g. {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|(k, v)| all[k].as_str() != Some(v.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
 }
 
 #[test]
@@ -165,14 +218,22 @@ fn wrong_or_malformed_tokens_are_refused_with_clear_errors() {
     for (i, (token, expect)) in cases.iter().enumerate() {
         let mut p = Peer::new(c.root.path(), &format!("bad{i}"));
         p.join = Some((c.peers[0].quic, token.clone()));
-        p.extra_args.extend(["--join-timeout-s".to_string(), "3".to_string()]);
+        p.extra_args
+            .extend(["--join-timeout-s".to_string(), "3".to_string()]);
         p.start().unwrap();
         let code = p.wait_exit(Duration::from_secs(15)).unwrap();
         assert_ne!(code, Some(0));
         let log = p.log().to_lowercase();
-        assert!(log.contains(expect), "token case {i}: expected '{expect}' in:\n{log}");
+        assert!(
+            log.contains(expect),
+            "token case {i}: expected '{expect}' in:\n{log}"
+        );
     }
-    assert_eq!(c.peers[0].members().unwrap().len(), 1, "a refused peer must not become a member");
+    assert_eq!(
+        c.peers[0].members().unwrap().len(),
+        1,
+        "a refused peer must not become a member"
+    );
 }
 
 #[test]
@@ -183,12 +244,19 @@ fn a_tls_client_without_a_cluster_certificate_is_refused() {
     let result = rt.block_on(async {
         let foreign = stator_transport::ClusterCa::generate("intruder").unwrap();
         let identity = foreign.issue_identity(42).unwrap();
-        let ep = stator_transport::Endpoint::bind("127.0.0.1:0".parse().unwrap(), identity, Default::default()).unwrap();
-        ep.call_timeout::<Probe>(c.peers[0].quic, &(), Duration::from_secs(3)).await
+        let ep = stator_transport::Endpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            identity,
+            Default::default(),
+        )
+        .unwrap();
+        ep.call_timeout::<Probe>(c.peers[0].quic, &(), Duration::from_secs(3))
+            .await
     });
     match result {
         Ok(_) => panic!("a non-member reached a member method"),
-        Err(stator_transport::RpcError::Remote(m)) | Err(stator_transport::RpcError::UnknownMethod(m)) => {
+        Err(stator_transport::RpcError::Remote(m))
+        | Err(stator_transport::RpcError::UnknownMethod(m)) => {
             panic!("the handshake must fail before any method is considered, got: {m}")
         }
         Err(_) => {}
@@ -223,7 +291,13 @@ fn garbage_on_the_quic_and_http_ports_leaves_the_cluster_healthy() {
                 let _ = s.write_all(&buf);
             }
         }
-        let (code, _) = http_request("POST", &format!("{}/admin/v1/meta/x", p.url()), Some("wrong"), None).unwrap();
+        let (code, _) = http_request(
+            "POST",
+            &format!("{}/admin/v1/meta/x", p.url()),
+            Some("wrong"),
+            None,
+        )
+        .unwrap();
         assert_eq!(code, 401, "admin API without the right token");
     }
     for p in &c.peers {
@@ -243,7 +317,11 @@ fn operator_errors_are_clear() {
     busy.http = c.peers[0].http;
     busy.start().unwrap();
     assert_ne!(busy.wait_exit(Duration::from_secs(10)).unwrap(), Some(0));
-    assert!(busy.log().contains("cannot listen for HTTP"), "{}", busy.log());
+    assert!(
+        busy.log().contains("cannot listen for HTTP"),
+        "{}",
+        busy.log()
+    );
 
     // Data dir of another cluster.
     let mut other = Cluster::start(1, &[]).unwrap();
@@ -253,12 +331,20 @@ fn operator_errors_are_clear() {
     stray.join = Some((c.peers[0].quic, c.token.clone()));
     stray.start().unwrap();
     assert_ne!(stray.wait_exit(Duration::from_secs(10)).unwrap(), Some(0));
-    assert!(stray.log().contains("belongs to another cluster"), "{}", stray.log());
+    assert!(
+        stray.log().contains("belongs to another cluster"),
+        "{}",
+        stray.log()
+    );
 
     // Unreachable join address: retries, then gives up with a message.
     let mut lost = Peer::new(c.root.path(), "lost");
-    lost.join = Some((format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(), c.token.clone()));
-    lost.extra_args.extend(["--join-timeout-s".to_string(), "2".to_string()]);
+    lost.join = Some((
+        format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(),
+        c.token.clone(),
+    ));
+    lost.extra_args
+        .extend(["--join-timeout-s".to_string(), "2".to_string()]);
     let t0 = Instant::now();
     lost.start().unwrap();
     assert_ne!(lost.wait_exit(Duration::from_secs(15)).unwrap(), Some(0));
@@ -284,11 +370,21 @@ fn ctl_lists_members_prints_the_token_and_removes_a_member() {
             .args(args)
             .output()
             .unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     };
     let (ok, table) = ctl(&["members"]);
     assert!(ok, "{table}");
-    assert!(table.contains("ROLE") && table.matches("voter").count() == 3 && table.contains("learner"), "{table}");
+    assert!(
+        table.contains("ROLE") && table.matches("voter").count() == 3 && table.contains("learner"),
+        "{table}"
+    );
     let (ok, json) = ctl(&["--json", "members"]);
     assert!(ok);
     let parsed: Vec<Value> = serde_json::from_str(&json).unwrap();
@@ -307,7 +403,9 @@ fn ctl_lists_members_prints_the_token_and_removes_a_member() {
     let m = wait_for(SETTLE, || {
         let m = c.peers[1].members().ok()?;
         let (v, _) = roles(&m);
-        let gone = m.iter().any(|m| m["id"].as_u64() == Some(victim_id) && m["status"] == "left");
+        let gone = m
+            .iter()
+            .any(|m| m["id"].as_u64() == Some(victim_id) && m["status"] == "left");
         (v == 3 && gone).then_some(m)
     })
     .expect("voters not restored after remove");
@@ -316,7 +414,14 @@ fn ctl_lists_members_prints_the_token_and_removes_a_member() {
     let (ok, err) = ctl(&["remove", "12345"]);
     assert!(!ok && err.contains("no member"), "{err}");
     let bad = std::process::Command::new(stator_bin())
-        .args(["ctl", "--peer", &c.peers[1].url(), "--token", "nope", "status"])
+        .args([
+            "ctl",
+            "--peer",
+            &c.peers[1].url(),
+            "--token",
+            "nope",
+            "status",
+        ])
         .output()
         .unwrap();
     assert!(!bad.status.success());

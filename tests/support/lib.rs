@@ -35,10 +35,18 @@ pub fn stator_bin() -> PathBuf {
 }
 
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One `stator peer` process.
@@ -75,7 +83,10 @@ impl Peer {
 
     /// Starts the process (again, after a kill, on the same ports and data dir).
     pub fn start(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
         let mut cmd = Command::new(stator_bin());
         cmd.arg("peer")
             .arg("--data-dir")
@@ -90,7 +101,10 @@ impl Peer {
             .stdout(log.try_clone()?)
             .stderr(log);
         if let Some((addr, token)) = &self.join {
-            cmd.arg("--join").arg(addr.to_string()).arg("--token").arg(token);
+            cmd.arg("--join")
+                .arg(addr.to_string())
+                .arg("--token")
+                .arg(token);
         }
         self.child = Some(cmd.spawn().context("cannot start stator")?);
         Ok(())
@@ -141,14 +155,18 @@ impl Peer {
     }
 
     pub fn admin_token(&self) -> Result<String> {
-        Ok(std::fs::read_to_string(self.data_dir.join("admin.token"))?.trim().to_string())
+        Ok(std::fs::read_to_string(self.data_dir.join("admin.token"))?
+            .trim()
+            .to_string())
     }
 
     /// The join token printed at bootstrap.
     pub fn printed_join_token(&self) -> Option<String> {
-        self.log()
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("join token:").map(|t| t.trim().to_string()))
+        self.log().lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("join token:")
+                .map(|t| t.trim().to_string())
+        })
     }
 
     pub fn wait_healthy(&self, timeout: Duration) -> Result<()> {
@@ -162,13 +180,22 @@ impl Peer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("{} not healthy after {timeout:?} (last: {last})\n--- log ---\n{}", self.name, self.log())
+        bail!(
+            "{} not healthy after {timeout:?} (last: {last})\n--- log ---\n{}",
+            self.name,
+            self.log()
+        )
     }
 
     /// An admin API call with this peer's token.
     pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
         let token = self.admin_token()?;
-        let (code, text) = http_request(method, &format!("{}{}", self.url(), path), Some(&token), body)?;
+        let (code, text) = http_request(
+            method,
+            &format!("{}{}", self.url(), path),
+            Some(&token),
+            body,
+        )?;
         let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok((code, v))
     }
@@ -186,19 +213,29 @@ impl Peer {
         if code != 200 {
             bail!("members {code}: {v}");
         }
-        v.as_array().cloned().ok_or_else(|| anyhow!("not a list: {v}"))
+        v.as_array()
+            .cloned()
+            .ok_or_else(|| anyhow!("not a list: {v}"))
     }
 
     pub fn node_id(&self) -> Result<u64> {
-        self.status()?["node_id"].as_u64().ok_or_else(|| anyhow!("no node id"))
+        self.status()?["node_id"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no node id"))
     }
 
     pub fn put(&self, key: &str, value: &str) -> Result<u64> {
-        let (code, v) = self.admin("PUT", &format!("/admin/v1/meta/{key}"), Some(serde_json::json!({"value": value})))?;
+        let (code, v) = self.admin(
+            "PUT",
+            &format!("/admin/v1/meta/{key}"),
+            Some(serde_json::json!({"value": value})),
+        )?;
         if code != 200 {
             bail!("put {key}: {code} {v}");
         }
-        v["index"].as_u64().ok_or_else(|| anyhow!("no index in {v}"))
+        v["index"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no index in {v}"))
     }
 
     pub fn get(&self, key: &str) -> Result<Option<String>> {
@@ -229,12 +266,18 @@ impl Cluster {
     pub fn start(n: usize, extra_args: &[&str]) -> Result<Self> {
         let root = tempfile::tempdir()?;
         let mut first = Peer::new(root.path(), "p0");
-        first.extra_args.extend(extra_args.iter().map(|s| s.to_string()));
+        first
+            .extra_args
+            .extend(extra_args.iter().map(|s| s.to_string()));
         first.start()?;
         first.wait_healthy(Duration::from_secs(20))?;
         let token = wait_for(Duration::from_secs(5), || first.printed_join_token())
             .ok_or_else(|| anyhow!("no join token printed:\n{}", first.log()))?;
-        let mut cluster = Self { root, peers: vec![first], token };
+        let mut cluster = Self {
+            root,
+            peers: vec![first],
+            token,
+        };
         for _ in 1..n {
             cluster.add_peer(extra_args)?;
         }
@@ -244,7 +287,8 @@ impl Cluster {
     pub fn add_peer(&mut self, extra_args: &[&str]) -> Result<usize> {
         let i = self.peers.len();
         let mut p = Peer::new(self.root.path(), &format!("p{i}"));
-        p.extra_args.extend(extra_args.iter().map(|s| s.to_string()));
+        p.extra_args
+            .extend(extra_args.iter().map(|s| s.to_string()));
         p.join = Some((self.peers[0].quic, self.token.clone()));
         p.start()?;
         p.wait_healthy(Duration::from_secs(30))?;
@@ -293,10 +337,19 @@ pub fn http_get(url: &str, token: Option<&str>) -> Result<(u16, String)> {
 }
 
 /// A blocking HTTP request with a deadline (tests are synchronous).
-pub fn http_request(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> Result<(u16, String)> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+pub fn http_request(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Result<(u16, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
         let mut req = client.request(method.parse()?, url);
         if let Some(t) = token {
             req = req.bearer_auth(t);
