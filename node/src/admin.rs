@@ -22,7 +22,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/v1/members/{id}/remove", post(remove))
         .route("/admin/v1/leave", post(leave))
         .route("/admin/v1/meta", get(meta_list))
-        .route("/admin/v1/meta/{key}", get(meta_get).put(meta_put).delete(meta_delete))
+        .route(
+            "/admin/v1/meta/{key}",
+            get(meta_get).put(meta_put).delete(meta_delete),
+        )
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
 }
@@ -32,8 +35,17 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = self.0.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_");
-        (self.0, Json(serde_json::json!({"error": {"message": self.1, "code": code}}))).into_response()
+        let code = self
+            .0
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_lowercase()
+            .replace(' ', "_");
+        (
+            self.0,
+            Json(serde_json::json!({"error": {"message": self.1, "code": code}})),
+        )
+            .into_response()
     }
 }
 
@@ -50,11 +62,16 @@ async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) ->
         .unwrap_or_default();
     let expected = app.admin_token.as_bytes();
     let ok = given.len() == expected.len()
-        && given.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        && given
+            .bytes()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if !ok {
         return ApiError(
             StatusCode::UNAUTHORIZED,
-            "missing or wrong admin token (Authorization: Bearer TOKEN; see DATA_DIR/admin.token)".into(),
+            "missing or wrong admin token (Authorization: Bearer TOKEN; see DATA_DIR/admin.token)"
+                .into(),
         )
         .into_response();
     }
@@ -153,9 +170,15 @@ async fn join_token(State(app): State<Arc<App>>) -> Result<Json<serde_json::Valu
     Ok(Json(serde_json::json!({"token": token})))
 }
 
-async fn remove(State(app): State<Arc<App>>, Path(id): Path<u64>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn remove(
+    State(app): State<Arc<App>>,
+    Path(id): Path<u64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     if !app.raft.state().borrow().nodes.contains_key(&id) {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("no member with id {id}")));
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no member with id {id}"),
+        ));
     }
     remove_member(&app, id).await?;
     Ok(Json(serde_json::json!({"removed": id})))
@@ -164,7 +187,10 @@ async fn remove(State(app): State<Arc<App>>, Path(id): Path<u64>) -> Result<Json
 async fn remove_member(app: &App, id: u64) -> Result<(), ApiError> {
     app.raft.remove_member(id).await.map_err(unavailable)?;
     app.raft
-        .write(vec![Command::RemoveNode { id, at_ms: crate::util::wall_ms() }])
+        .write(vec![Command::RemoveNode {
+            id,
+            at_ms: crate::util::wall_ms(),
+        }])
         .await
         .map_err(unavailable)?;
     info!(node = id, "member removed");
@@ -188,11 +214,16 @@ async fn meta_list(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value
     Ok(Json(serde_json::json!(state.meta)))
 }
 
-async fn meta_get(State(app): State<Arc<App>>, Path(key): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn meta_get(
+    State(app): State<Arc<App>>,
+    Path(key): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let index = app.raft.linearizable_barrier().await.map_err(unavailable)?;
     let state = app.raft.state().borrow().clone();
     match state.meta.get(&key) {
-        Some(v) => Ok(Json(serde_json::json!({"key": key, "value": v, "index": index}))),
+        Some(v) => Ok(Json(
+            serde_json::json!({"key": key, "value": v, "index": index}),
+        )),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no key '{key}'"))),
     }
 }
@@ -207,16 +238,27 @@ async fn meta_put(
     Path(key): Path<String>,
     body: Result<Json<PutBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body must be {{\"value\": \"...\"}}: {e}")))?;
+    let Json(body) = body.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("body must be {{\"value\": \"...\"}}: {e}"),
+        )
+    })?;
     let out = app
         .raft
-        .write(vec![Command::PutMeta { key: key.clone(), value: body.value }])
+        .write(vec![Command::PutMeta {
+            key: key.clone(),
+            value: body.value,
+        }])
         .await
         .map_err(unavailable)?;
     Ok(Json(serde_json::json!({"key": key, "index": out.index})))
 }
 
-async fn meta_delete(State(app): State<Arc<App>>, Path(key): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn meta_delete(
+    State(app): State<Arc<App>>,
+    Path(key): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let out = app
         .raft
         .write(vec![Command::DeleteMeta { key: key.clone() }])

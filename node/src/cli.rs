@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,9 +35,11 @@ pub enum Command {
 }
 
 #[derive(Args, Debug, Clone)]
-#[command(after_help = "Every option can also come from a TOML file given with --config, with \
+#[command(
+    after_help = "Every option can also come from a TOML file given with --config, with \
     the option's long name as key (data-dir = \"/var/lib/stator\", label = [\"zone=a\"]). \
-    Options on the command line win over the file.")]
+    Options on the command line win over the file."
+)]
 pub struct PeerArgs {
     /// TOML file with peer options (keys are the long option names).
     #[arg(long, value_name = "FILE")]
@@ -71,7 +73,12 @@ pub struct PeerArgs {
     pub join: Option<SocketAddr>,
 
     /// Join token printed at bootstrap or by `stator ctl join-token`.
-    #[arg(long, value_name = "TOKEN", env = "STATOR_JOIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "STATOR_JOIN_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 
     /// How long to keep retrying an unreachable --join address before giving up.
@@ -116,6 +123,15 @@ pub struct EngineArgs {
     #[arg(long, value_name = "CONFIG")]
     pub random_weights: Option<String>,
 
+    /// Where the engine runs: `auto` (the first CUDA GPU when one is usable, else the CPU),
+    /// `cpu`, or `cuda:N`.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: Device,
+
+    /// Fraction of the GPU's memory the engine may use (weights, activations, KV cache).
+    #[arg(long, default_value_t = 0.90)]
+    pub gpu_memory_utilization: f32,
+
     /// Run without a model (cluster member only; the OpenAI API answers 503).
     #[arg(long, conflicts_with_all = ["model", "random_weights"])]
     pub no_model: bool,
@@ -146,13 +162,20 @@ pub struct EngineArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = "The admin token is read from --token, $STATOR_ADMIN_TOKEN, or \
+#[command(
+    after_help = "The admin token is read from --token, $STATOR_ADMIN_TOKEN, or \
     DATA_DIR/admin.token when --data-dir is given.\n\nExamples:\n  \
     stator ctl --peer http://127.0.0.1:8000 --data-dir ./d1 members\n  \
-    stator ctl --peer http://127.0.0.1:8000 --token $T --json status")]
+    stator ctl --peer http://127.0.0.1:8000 --token $T --json status"
+)]
 pub struct CtlArgs {
     /// HTTP address of any peer.
-    #[arg(long, value_name = "URL", env = "STATOR_PEER", default_value = "http://127.0.0.1:8000")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "STATOR_PEER",
+        default_value = "http://127.0.0.1:8000"
+    )]
     pub peer: String,
 
     /// Admin token.
@@ -207,17 +230,34 @@ pub enum MetaCommand {
     List,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Table,
-    Json,
+/// The engine's device.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Device {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+fn parse_device(s: &str) -> Result<Device, String> {
+    match s {
+        "auto" => Ok(Device::Auto),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("device '{s}' must be auto, cpu, cuda or cuda:N")),
+    }
 }
 
 fn parse_voters(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
     if n == 0 || n % 2 == 0 {
-        return Err(format!("voters must be odd and at least 1 (got {n}): an even count \
-                            tolerates no more failures than the odd count below it"));
+        return Err(format!(
+            "voters must be odd and at least 1 (got {n}): an even count \
+                            tolerates no more failures than the odd count below it"
+        ));
     }
     Ok(n)
 }
@@ -281,6 +321,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn devices_parse_and_bad_ones_are_explained() {
+        assert_eq!(parse_device("cuda:1"), Ok(Device::Cuda(1)));
+        assert_eq!(parse_device("cuda"), Ok(Device::Cuda(0)));
+        assert_eq!(parse_device("cpu"), Ok(Device::Cpu));
+        assert!(parse_device("gpu0").unwrap_err().contains("cuda:N"));
+    }
+
+    #[test]
     fn even_voter_counts_are_refused() {
         assert!(parse_voters("4").is_err());
         assert!(parse_voters("0").is_err());
@@ -300,7 +348,9 @@ mod tests {
         argv.extend(config_file_args(&path).unwrap());
         argv.extend(["--voters".to_string(), "3".to_string()]);
         let cli = Cli::try_parse_from(argv).unwrap();
-        let Command::Peer(p) = cli.command else { panic!("not peer") };
+        let Command::Peer(p) = cli.command else {
+            panic!("not peer")
+        };
         assert_eq!(p.voters, 3);
         assert_eq!(p.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(p.labels.len(), 2);

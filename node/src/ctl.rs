@@ -17,7 +17,9 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         (None, None) => bail!("the admin token is needed: pass --token, set STATOR_ADMIN_TOKEN, or --data-dir of a peer"),
     };
     let client = Client {
-        http: reqwest::Client::builder().timeout(Duration::from_secs(args.timeout_s)).build()?,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(args.timeout_s))
+            .build()?,
         base: args.peer.trim_end_matches('/').to_string(),
         token,
     };
@@ -39,22 +41,45 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             let s: StatusView = serde_json::from_value(v)?;
             println!("node        {}", s.node_id);
             println!("cluster     {}", s.cluster_id);
-            println!("leader      {}{}", s.leader_id.map_or("none".into(), |l| l.to_string()), if s.is_leader { " (this peer)" } else { "" });
+            println!(
+                "leader      {}{}",
+                s.leader_id.map_or("none".into(), |l| l.to_string()),
+                if s.is_leader { " (this peer)" } else { "" }
+            );
             println!("term        {}", s.term);
-            println!("log index   {} (applied {})", s.last_log_index, s.applied_index);
+            println!(
+                "log index   {} (applied {})",
+                s.last_log_index, s.applied_index
+            );
             println!("voters      {:?}", s.voters);
             println!("learners    {:?}", s.learners);
-            println!("health      {}", s.health_reason.unwrap_or_else(|| "ok".into()));
+            println!(
+                "health      {}",
+                s.health_reason.unwrap_or_else(|| "ok".into())
+            );
         }
         CtlCommand::JoinToken => {
-            let v = client.call(Method::GET, "/admin/v1/join-token", None).await?;
+            let v = client
+                .call(Method::GET, "/admin/v1/join-token", None)
+                .await?;
             if json {
                 return print_json(&v);
             }
-            println!("{}", v["token"].as_str().ok_or_else(|| anyhow!("malformed answer: {v}"))?);
+            println!(
+                "{}",
+                v["token"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("malformed answer: {v}"))?
+            );
         }
         CtlCommand::Remove { node } => {
-            let v = client.call(Method::POST, &format!("/admin/v1/members/{node}/remove"), None).await?;
+            let v = client
+                .call(
+                    Method::POST,
+                    &format!("/admin/v1/members/{node}/remove"),
+                    None,
+                )
+                .await?;
             if json {
                 return print_json(&v);
             }
@@ -69,11 +94,21 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         }
         CtlCommand::Meta(cmd) => {
             let v = match cmd {
-                MetaCommand::Get { key } => client.call(Method::GET, &meta_path(&key), None).await?,
-                MetaCommand::Put { key, value } => {
-                    client.call(Method::PUT, &meta_path(&key), Some(serde_json::json!({"value": value}))).await?
+                MetaCommand::Get { key } => {
+                    client.call(Method::GET, &meta_path(&key), None).await?
                 }
-                MetaCommand::Delete { key } => client.call(Method::DELETE, &meta_path(&key), None).await?,
+                MetaCommand::Put { key, value } => {
+                    client
+                        .call(
+                            Method::PUT,
+                            &meta_path(&key),
+                            Some(serde_json::json!({"value": value})),
+                        )
+                        .await?
+                }
+                MetaCommand::Delete { key } => {
+                    client.call(Method::DELETE, &meta_path(&key), None).await?
+                }
                 MetaCommand::List => client.call(Method::GET, "/admin/v1/meta", None).await?,
             };
             if json {
@@ -97,7 +132,9 @@ fn meta_path(key: &str) -> String {
     let encoded: String = key
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect();
@@ -117,13 +154,23 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.with_context(|| format!("cannot reach the peer at {}", self.base))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the peer at {}", self.base))?;
         let status = resp.status();
-        let text = resp.text().await.context("the peer closed the connection")?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|_| anyhow!("the peer answered {status} with a body that is not JSON: {text}"))?;
+        let text = resp
+            .text()
+            .await
+            .context("the peer closed the connection")?;
+        let value: Value = serde_json::from_str(&text).map_err(|_| {
+            anyhow!("the peer answered {status} with a body that is not JSON: {text}")
+        })?;
         if !status.is_success() {
-            let msg = value["error"]["message"].as_str().unwrap_or(&text).to_string();
+            let msg = value["error"]["message"]
+                .as_str()
+                .unwrap_or(&text)
+                .to_string();
             bail!("{status}: {msg}");
         }
         Ok(value)
@@ -136,7 +183,10 @@ fn print_json(v: &Value) -> Result<()> {
 }
 
 fn print_members(members: &[MemberView]) {
-    println!("{:<14} {:<8} {:<6} {:<22} {:<22} LEADER", "ID", "ROLE", "STATUS", "QUIC", "HTTP");
+    println!(
+        "{:<14} {:<8} {:<6} {:<22} {:<22} LEADER",
+        "ID", "ROLE", "STATUS", "QUIC", "HTTP"
+    );
     for m in members {
         println!(
             "{:<14} {:<8} {:<6} {:<22} {:<22} {}",

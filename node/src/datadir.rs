@@ -36,7 +36,9 @@ impl DataDir {
         // The directory holds private keys and the admin token: owner only.
         fs::set_permissions(root, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot restrict permissions of {}", root.display()))?;
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -64,7 +66,10 @@ impl DataDir {
         match fs::read(&path) {
             Ok(bytes) => {
                 let rec = serde_json::from_slice(&bytes).with_context(|| {
-                    format!("{} is corrupt; restore it or start with an empty data dir", path.display())
+                    format!(
+                        "{} is corrupt; restore it or start with an empty data dir",
+                        path.display()
+                    )
                 })?;
                 Ok(Some(rec))
             }
@@ -117,7 +122,8 @@ pub fn read_admin_token(root: &Path) -> Result<String> {
 }
 
 fn read_secret(path: &Path) -> Result<String> {
-    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(text.trim().to_string())
 }
 
@@ -155,7 +161,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dd = DataDir::open(&tmp.path().join("d")).unwrap();
         assert!(dd.record().unwrap().is_none());
-        let rec = NodeRecord { node_id: 7, cluster_id: "c".into(), ca_fingerprint: "ab".into() };
+        let rec = NodeRecord {
+            node_id: 7,
+            cluster_id: "c".into(),
+            ca_fingerprint: "ab".into(),
+        };
         dd.write_record(&rec).unwrap();
         assert_eq!(dd.record().unwrap(), Some(rec));
     }
@@ -174,7 +184,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dd = DataDir::open(tmp.path()).unwrap();
         dd.write_admin_token("secret").unwrap();
-        let mode = fs::metadata(tmp.path().join("admin.token")).unwrap().permissions().mode();
+        let mode = fs::metadata(tmp.path().join("admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(dd.admin_token().unwrap(), "secret");
     }

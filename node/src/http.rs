@@ -30,7 +30,12 @@ pub struct App {
     pub shutdown: watch::Sender<bool>,
 }
 
-pub async fn serve(listener: TcpListener, app: App, api: Router, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    api: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
     let app = Arc::new(app);
     let router = Router::new()
         .route("/health", get(health))
@@ -44,7 +49,9 @@ pub async fn serve(listener: TcpListener, app: App, api: Router, mut shutdown: w
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
     };
-    axum::serve(listener, router).with_graceful_shutdown(stop).await?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await?;
     Ok(())
 }
 
@@ -72,7 +79,10 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         app.metrics.render(),
     )
         .into_response()

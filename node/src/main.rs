@@ -29,7 +29,10 @@ fn main() -> std::process::ExitCode {
         }
     };
     let cli = cli::Cli::parse_from(argv);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -59,7 +62,9 @@ fn main() -> std::process::ExitCode {
 /// `stator peer --config FILE ...`: splice the file's options in right after `peer`, so the
 /// command line's own options, coming later, win.
 fn expand_config_file(argv: Vec<String>) -> anyhow::Result<Vec<String>> {
-    let Some(peer_at) = argv.iter().position(|a| a == "peer") else { return Ok(argv) };
+    let Some(peer_at) = argv.iter().position(|a| a == "peer") else {
+        return Ok(argv);
+    };
     let mut path = None;
     for (i, a) in argv.iter().enumerate().skip(peer_at + 1) {
         if a == "--config" {

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use stator_raft::model::{Command, NodeInfo, NodeStatus};
-use stator_raft::{RaftConfig, RaftNode};
 use stator_raft::types::PeerAddr;
-use stator_transport::{ClusterCa, Endpoint, JoinToken, NodeIdentity, NodeKey, RpcError, TransportConfig};
+use stator_raft::{RaftConfig, RaftNode};
+use stator_transport::{
+    ClusterCa, Endpoint, JoinToken, NodeIdentity, NodeKey, RpcError, TransportConfig,
+};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -40,8 +42,12 @@ pub async fn run(args: PeerArgs) -> Result<()> {
             if args.join.is_some() {
                 info!(cluster = %record.cluster_id, "data dir already belongs to a cluster; --join ignored, rejoining");
             }
-            let identity = NodeIdentity::load(&data_dir.tls_dir())
-                .with_context(|| format!("cannot load the node identity from {}", data_dir.tls_dir().display()))?;
+            let identity = NodeIdentity::load(&data_dir.tls_dir()).with_context(|| {
+                format!(
+                    "cannot load the node identity from {}",
+                    data_dir.tls_dir().display()
+                )
+            })?;
             (record, identity, Start::Restart)
         }
         None => match args.join {
@@ -54,20 +60,33 @@ pub async fn run(args: PeerArgs) -> Result<()> {
     // Bind both ports before anything else touches the cluster, so a port in use fails fast.
     let http_listener = tokio::net::TcpListener::bind(args.http)
         .await
-        .with_context(|| format!("cannot listen for HTTP on {}: is another process using it?", args.http))?;
+        .with_context(|| {
+            format!(
+                "cannot listen for HTTP on {}: is another process using it?",
+                args.http
+            )
+        })?;
     let endpoint = Endpoint::bind(args.listen, identity.clone(), TransportConfig::default())
         .with_context(|| format!("cannot listen for QUIC on {}", args.listen))?;
 
     let raft_cfg = RaftConfig::default();
     let raft = Arc::new(
-        RaftNode::open(&data_dir.raft_dir(), record.node_id, endpoint.clone(), raft_cfg)
-            .await
-            .context("cannot open the Raft store")?,
+        RaftNode::open(
+            &data_dir.raft_dir(),
+            record.node_id,
+            endpoint.clone(),
+            raft_cfg,
+        )
+        .await
+        .context("cannot open the Raft store")?,
     );
 
     let ca_cert_pem = std::fs::read_to_string(data_dir.tls_dir().join("ca.pem"))
         .context("cannot read the cluster CA certificate")?;
-    let ca = Arc::new(ClusterCa::from_pem(&ca_cert_pem, &data_dir.ca_key_pem()?).context("cannot load the cluster CA")?);
+    let ca = Arc::new(
+        ClusterCa::from_pem(&ca_cert_pem, &data_dir.ca_key_pem()?)
+            .context("cannot load the cluster CA")?,
+    );
     let admin_token = data_dir.admin_token()?;
     let self_info = NodeInfo {
         quic_addr: quic_addr.to_string(),
@@ -78,16 +97,28 @@ pub async fn run(args: PeerArgs) -> Result<()> {
         status_since_ms: wall_ms(),
         joined_at_ms: wall_ms(),
     };
-    cluster::serve_membership_rpcs(&endpoint, raft.clone(), ca, record.cluster_id.clone(), admin_token.clone());
+    cluster::serve_membership_rpcs(
+        &endpoint,
+        raft.clone(),
+        ca,
+        record.cluster_id.clone(),
+        admin_token.clone(),
+    );
 
     match &start {
         Start::Bootstrap { token } => {
-            raft.bootstrap(PeerAddr { quic: quic_addr.to_string() })
-                .await
-                .context("cannot bootstrap the cluster")?;
+            raft.bootstrap(PeerAddr {
+                quic: quic_addr.to_string(),
+            })
+            .await
+            .context("cannot bootstrap the cluster")?;
             raft.write(vec![
-                Command::InitCluster { cluster_id: record.cluster_id.clone() },
-                Command::SetJoinSecret { secret_hash: token.secret_hash() },
+                Command::InitCluster {
+                    cluster_id: record.cluster_id.clone(),
+                },
+                Command::SetJoinSecret {
+                    secret_hash: token.secret_hash(),
+                },
                 cluster::register_command(record.node_id, &self_info),
             ])
             .await
@@ -95,7 +126,13 @@ pub async fn run(args: PeerArgs) -> Result<()> {
             print_bootstrap_banner(token, &data_dir, http_addr);
         }
         Start::Join { via } => {
-            admit(&endpoint, *via, &self_info, Duration::from_secs(args.join_timeout_s)).await?;
+            admit(
+                &endpoint,
+                *via,
+                &self_info,
+                Duration::from_secs(args.join_timeout_s),
+            )
+            .await?;
             info!(via = %via, "joined the cluster");
         }
         Start::Restart => {}
@@ -110,7 +147,12 @@ pub async fn run(args: PeerArgs) -> Result<()> {
         replace_voter_after: Duration::from_secs(args.replace_voter_after_s),
         self_info,
     };
-    let health = cluster::spawn_duties(endpoint.clone(), raft.clone(), cluster_cfg, shutdown_rx.clone());
+    let health = cluster::spawn_duties(
+        endpoint.clone(),
+        raft.clone(),
+        cluster_cfg,
+        shutdown_rx.clone(),
+    );
 
     let serving = serving::build(&args.engine).await?;
     let app = http::App {
@@ -153,7 +195,9 @@ fn advertised_addresses(args: &PeerArgs) -> Result<(SocketAddr, SocketAddr)> {
 }
 
 fn check_token_matches(args: &PeerArgs, record: &NodeRecord) -> Result<()> {
-    let Some(text) = &args.token else { return Ok(()) };
+    let Some(text) = &args.token else {
+        return Ok(());
+    };
     let token: JoinToken = text.parse().context("--token is not a valid join token")?;
     let fp = token.ca_fingerprint.to_string();
     if fp != record.ca_fingerprint {
@@ -173,8 +217,12 @@ fn bootstrap_identity(data_dir: &DataDir) -> Result<(NodeRecord, NodeIdentity, S
     let node_id = new_node_id();
     let cluster_id = format!("stator-{}", &random_secret()[..12]);
     let ca = ClusterCa::generate(&cluster_id).context("cannot create the cluster CA")?;
-    let identity = ca.issue_identity(node_id).context("cannot issue this node's certificate")?;
-    identity.save(&data_dir.tls_dir()).context("cannot save the node identity")?;
+    let identity = ca
+        .issue_identity(node_id)
+        .context("cannot issue this node's certificate")?;
+    identity
+        .save(&data_dir.tls_dir())
+        .context("cannot save the node identity")?;
     data_dir.write_ca_key_pem(&ca.key_pem())?;
     data_dir.write_admin_token(&random_secret())?;
     let token = JoinToken::new(ca.fingerprint());
@@ -188,19 +236,28 @@ fn bootstrap_identity(data_dir: &DataDir) -> Result<(NodeRecord, NodeIdentity, S
     Ok((record, identity, Start::Bootstrap { token }))
 }
 
-async fn join_identity(data_dir: &DataDir, args: &PeerArgs, via: SocketAddr) -> Result<(NodeRecord, NodeIdentity, Start)> {
-    let text = args
-        .token
-        .as_deref()
-        .ok_or_else(|| anyhow!("--join needs --token (printed by the first peer, or `stator ctl join-token`)"))?;
+async fn join_identity(
+    data_dir: &DataDir,
+    args: &PeerArgs,
+    via: SocketAddr,
+) -> Result<(NodeRecord, NodeIdentity, Start)> {
+    let text = args.token.as_deref().ok_or_else(|| {
+        anyhow!("--join needs --token (printed by the first peer, or `stator ctl join-token`)")
+    })?;
     let token: JoinToken = text.parse().context("--token is not a valid join token")?;
     let node_id = new_node_id();
     let key = NodeKey::generate().context("cannot create a node key")?;
-    let request = JoinRequest { secret: token.secret.clone(), node_id, csr: key.csr(node_id)? };
+    let request = JoinRequest {
+        secret: token.secret.clone(),
+        node_id,
+        csr: key.csr(node_id)?,
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.join_timeout_s);
     let mut backoff = Duration::from_millis(100);
     let response = loop {
-        match stator_transport::call_join::<Join>(via, &token, &request, Duration::from_secs(3)).await {
+        match stator_transport::call_join::<Join>(via, &token, &request, Duration::from_secs(3))
+            .await
+        {
             Ok(r) => break r,
             Err(e) if is_wrong_cluster(&e) => bail!(
                 "the peer at {via} is not part of the cluster this token is for (its CA \
@@ -244,7 +301,12 @@ fn is_wrong_cluster(e: &RpcError) -> bool {
     matches!(e, RpcError::Connect(m) if m.contains("named by the join token"))
 }
 
-async fn admit(endpoint: &Endpoint, via: SocketAddr, info: &NodeInfo, timeout: Duration) -> Result<()> {
+async fn admit(
+    endpoint: &Endpoint,
+    via: SocketAddr,
+    info: &NodeInfo,
+    timeout: Duration,
+) -> Result<()> {
     let req = AdmitRequest {
         quic_addr: info.quic_addr.clone(),
         http_addr: info.http_addr.clone(),
@@ -253,7 +315,10 @@ async fn admit(endpoint: &Endpoint, via: SocketAddr, info: &NodeInfo, timeout: D
     };
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        match endpoint.call_timeout::<Admit>(via, &req, Duration::from_secs(10)).await {
+        match endpoint
+            .call_timeout::<Admit>(via, &req, Duration::from_secs(10))
+            .await
+        {
             Ok(()) => return Ok(()),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 bail!("joined the CA but could not become a member through {via}: {e}")
@@ -274,7 +339,13 @@ fn new_node_id() -> u64 {
 fn print_bootstrap_banner(token: &JoinToken, data_dir: &DataDir, http: SocketAddr) {
     println!("stator: bootstrapped a new cluster.");
     println!("  join token:  {token}");
-    println!("  admin token: in {}/admin.token", data_dir.root().display());
+    println!(
+        "  admin token: in {}/admin.token",
+        data_dir.root().display()
+    );
     println!("  add peers:   stator peer --data-dir DIR --listen HOST:PORT --http HOST:PORT --join <this --listen> --token {token}");
-    println!("  operate:     stator ctl --peer http://{http} --data-dir {} members", data_dir.root().display());
+    println!(
+        "  operate:     stator ctl --peer http://{http} --data-dir {} members",
+        data_dir.root().display()
+    );
 }

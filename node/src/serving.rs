@@ -9,13 +9,15 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Json, Router};
 use stator_gpu::backend::cpu::CpuBackend;
+use stator_gpu::backend::cuda::{cuda_available, CudaBackend, CudaOptions};
+use stator_gpu::backend::Backend;
 use stator_gpu::engine::{Engine, EngineConfig, EngineHandle};
 use stator_gpu::loader::{default_model_path, load_model};
 use stator_gpu::presets::parse_random_weights_spec;
 use stator_gpu::random_weights::random_weights;
 use tracing::{info, warn};
 
-use crate::cli::EngineArgs;
+use crate::cli::{Device, EngineArgs};
 use crate::openai::{self, ApiState};
 
 /// Seed of `--random-weights` models: fixed, so every peer builds the same model.
@@ -42,7 +44,9 @@ pub async fn build(args: &EngineArgs) -> Result<Serving> {
             let p = default_model_path();
             if !p.exists() {
                 warn!(path = %p.display(), "no model given and the default model is not installed; serving without a model (run tools/fetch-model.sh, or pass --model)");
-                return Ok(no_model("no model loaded: start the peer with --model PATH or run tools/fetch-model.sh"));
+                return Ok(no_model(
+                    "no model loaded: start the peer with --model PATH or run tools/fetch-model.sh",
+                ));
             }
             p
         }
@@ -59,32 +63,65 @@ pub async fn build(args: &EngineArgs) -> Result<Serving> {
         source: Arc::new(engine.clone()),
         default_max_tokens: 256.min(context_length),
     });
-    Ok(Serving { router: openai::router(state), engine: Some(engine) })
+    Ok(Serving {
+        router: openai::router(state),
+        engine: Some(engine),
+    })
 }
 
 fn start_engine(path: PathBuf, args: &EngineArgs) -> Result<(EngineHandle, stator_gpu::tokenizer::Tokenizer, String)> {
     let t0 = std::time::Instant::now();
     let loaded = load_model(&path).with_context(|| format!("cannot load the model {}", path.display()))?;
     let mut name = args.served_model_name.clone().unwrap_or_else(|| served_name_from_path(&path));
-    let (config, weights) = match &args.random_weights {
-        None => (loaded.config, loaded.weights),
+    let device = resolve_device(args.device)?;
+    let random = match &args.random_weights {
+        None => None,
         Some(spec) => {
             let mut config = parse_random_weights_spec(spec).with_context(|| format!("--random-weights {spec}"))?;
             // Token ids come from the served model's tokenizer, so the vocabulary must be its own.
             config.vocab_size = loaded.tokenizer.vocab_size();
-            info!(spec = %spec, params = config.num_parameters(), vocab = config.vocab_size, "building seeded random weights");
-            let weights = random_weights(&config, RANDOM_WEIGHTS_SEED);
+            info!(spec = %spec, params = config.num_parameters(), vocab = config.vocab_size, "serving seeded random weights");
             if args.served_model_name.is_none() {
                 name = spec.rsplit('/').next().unwrap_or(spec).to_string();
             }
-            (config, weights)
+            Some(config)
         }
     };
-    let kv_bytes = args.kv_cache_mib.saturating_mul(1024 * 1024);
-    let backend = CpuBackend::with_memory_budget(config, weights, kv_bytes, args.block_size)
-        .context("cannot create the CPU backend")?;
+    let backend: Box<dyn Backend> = match device {
+        Device::Cuda(ordinal) => {
+            let opts = CudaOptions {
+                device: ordinal,
+                gpu_memory_utilization: args.gpu_memory_utilization,
+                block_size: args.block_size,
+                max_num_seqs: args.max_num_seqs,
+                max_batch_tokens: args.max_batch_tokens,
+                ..CudaOptions::default()
+            };
+            let backend = match random {
+                // Generated on the device: no host copy of (say) 8B parameters in f32.
+                Some(config) => CudaBackend::with_random_weights(config, RANDOM_WEIGHTS_SEED, opts),
+                None => CudaBackend::new(loaded.config, &loaded.weights, opts),
+            };
+            Box::new(backend.with_context(|| format!("cannot start the CUDA backend on cuda:{ordinal}"))?)
+        }
+        _ => {
+            let (config, weights) = match random {
+                Some(config) => {
+                    let weights = random_weights(&config, RANDOM_WEIGHTS_SEED);
+                    (config, weights)
+                }
+                None => (loaded.config, loaded.weights),
+            };
+            let kv_bytes = args.kv_cache_mib.saturating_mul(1024 * 1024);
+            Box::new(
+                CpuBackend::with_memory_budget(config, weights, kv_bytes, args.block_size)
+                    .context("cannot create the CPU backend")?,
+            )
+        }
+    };
+    let backend_name = backend.name();
     let engine = Engine::start(
-        Box::new(backend),
+        backend,
         EngineConfig {
             max_num_seqs: args.max_num_seqs,
             max_batch_tokens: args.max_batch_tokens,
@@ -93,14 +130,33 @@ fn start_engine(path: PathBuf, args: &EngineArgs) -> Result<(EngineHandle, stato
         },
         loaded.tokenizer.eos_ids().to_vec(),
     );
-    info!(model = %name, path = %path.display(), context = engine.max_model_len(), load_s = t0.elapsed().as_secs_f64(), "model loaded; engine started");
+    info!(model = %name, backend = %backend_name, path = %path.display(), context = engine.max_model_len(), load_s = t0.elapsed().as_secs_f64(), "model loaded; engine started");
     Ok((engine, loaded.tokenizer, name))
+}
+
+/// `auto` becomes the first GPU when CUDA is usable here, else the CPU; an explicit `cuda:N`
+/// without CUDA is an error, not a silent fallback.
+fn resolve_device(requested: Device) -> Result<Device> {
+    match requested {
+        Device::Auto if cuda_available() => Ok(Device::Cuda(0)),
+        Device::Auto | Device::Cpu => Ok(Device::Cpu),
+        Device::Cuda(n) if cuda_available() => Ok(Device::Cuda(n)),
+        Device::Cuda(n) => bail!(
+            "--device cuda:{n}: no usable CUDA device (libcuda, NVRTC or cuBLAS missing, or no GPU); use --device cpu"
+        ),
+    }
 }
 
 /// `SmolLM2-135M-Instruct.Q4_1.gguf` → `SmolLM2-135M-Instruct`; a directory → its name.
 fn served_name_from_path(path: &std::path::Path) -> String {
-    let stem = if path.is_dir() { path.file_name() } else { path.file_stem() };
-    let stem = stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let stem = if path.is_dir() {
+        path.file_name()
+    } else {
+        path.file_stem()
+    };
+    let stem = stem
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     match stem.rsplit_once('.') {
         Some((base, quant)) if is_quant_tag(quant) => base.to_string(),
         _ => stem,
@@ -109,7 +165,8 @@ fn served_name_from_path(path: &std::path::Path) -> String {
 
 fn is_quant_tag(tag: &str) -> bool {
     let t = tag.to_ascii_uppercase();
-    t.starts_with('Q') && t[1..].starts_with(|c: char| c.is_ascii_digit()) || ["F16", "F32", "BF16"].contains(&t.as_str())
+    t.starts_with('Q') && t[1..].starts_with(|c: char| c.is_ascii_digit())
+        || ["F16", "F32", "BF16"].contains(&t.as_str())
 }
 
 fn no_model(reason: &'static str) -> Serving {
@@ -123,7 +180,10 @@ fn no_model(reason: &'static str) -> Serving {
                 .into_response()
         }),
     );
-    Serving { router, engine: None }
+    Serving {
+        router,
+        engine: None,
+    }
 }
 
 #[cfg(test)]
@@ -134,7 +194,13 @@ mod tests {
     fn served_names_drop_the_extension_and_quant_tag() {
         let p = std::path::Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf");
         assert_eq!(served_name_from_path(p), "SmolLM2-135M-Instruct");
-        assert_eq!(served_name_from_path(std::path::Path::new("/m/llama.F16.gguf")), "llama");
-        assert_eq!(served_name_from_path(std::path::Path::new("/m/Qwen2.5-0.5B.gguf")), "Qwen2.5-0.5B");
+        assert_eq!(
+            served_name_from_path(std::path::Path::new("/m/llama.F16.gguf")),
+            "llama"
+        );
+        assert_eq!(
+            served_name_from_path(std::path::Path::new("/m/Qwen2.5-0.5B.gguf")),
+            "Qwen2.5-0.5B"
+        );
     }
 }

@@ -128,7 +128,10 @@ mod tests {
             (3, view(NodeStatus::Down, 5, 3)),
             (4, view(NodeStatus::Up, 100, 4)),
         ]);
-        assert!(plan(&set(&[1, 2, 3]), &set(&[4]), &members, &cfg()).is_none(), "not yet");
+        assert!(
+            plan(&set(&[1, 2, 3]), &set(&[4]), &members, &cfg()).is_none(),
+            "not yet"
+        );
         members.get_mut(&3).unwrap().in_status_for = Duration::from_secs(11);
         assert_eq!(
             plan(&set(&[1, 2, 3]), &set(&[4]), &members, &cfg()).unwrap(),

@@ -59,7 +59,8 @@ impl FailureDetector {
     /// the detector has heard, and returns the transitions to commit.
     pub fn tick(&mut self, members: &BTreeMap<u64, NodeStatus>, now: Instant) -> Vec<Transition> {
         // Forget proposals the log has caught up with, and nodes that are gone.
-        self.pending.retain(|node, to| members.get(node).is_some_and(|s| s != to));
+        self.pending
+            .retain(|node, to| members.get(node).is_some_and(|s| s != to));
         self.last_heard.retain(|node, _| members.contains_key(node));
 
         let mut out = Vec::new();
@@ -75,7 +76,11 @@ impl FailureDetector {
                 _ => continue,
             };
             self.pending.insert(node, to);
-            out.push(Transition { node, to, silent_for });
+            out.push(Transition {
+                node,
+                to,
+                silent_for,
+            });
         }
         out
     }

@@ -24,7 +24,9 @@ impl Health {
         }
         if !self.caught_up.load(Ordering::Acquire) {
             let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-            return Err(format!("catching up with the leader's log (applied index {applied})"));
+            return Err(format!(
+                "catching up with the leader's log (applied index {applied})"
+            ));
         }
         Ok(())
     }
@@ -32,7 +34,12 @@ impl Health {
 
 /// Waits until a read barrier through the leader succeeds: then everything the leader had
 /// committed when this peer started is applied here.
-pub(super) async fn track(raft: Arc<RaftNode>, _cfg: ClusterConfig, health: Arc<Health>, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn track(
+    raft: Arc<RaftNode>,
+    _cfg: ClusterConfig,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         if raft.leader().is_some() {
             match tokio::time::timeout(Duration::from_secs(2), raft.linearizable_barrier()).await {

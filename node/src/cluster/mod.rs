@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use stator_raft::model::{Command, NodeInfo, NodeStatus};
-use stator_raft::RaftNode;
 use stator_raft::types::PeerAddr;
+use stator_raft::RaftNode;
 use stator_transport::{ClusterCa, Endpoint, JoinToken, PeerInfo, RpcError};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -78,12 +78,17 @@ pub fn serve_membership_rpcs(
     endpoint.register::<Admit, _, _>(move |peer: PeerInfo, req: AdmitRequest| {
         let raft = raft.clone();
         async move {
-            let node = peer
-                .node_id
-                .ok_or_else(|| RpcError::NotAuthorized("admission needs a cluster certificate".into()))?;
-            raft.add_learner(node, PeerAddr { quic: req.quic_addr.clone() })
-                .await
-                .map_err(|e| RpcError::Remote(format!("cannot add learner: {e}")))?;
+            let node = peer.node_id.ok_or_else(|| {
+                RpcError::NotAuthorized("admission needs a cluster certificate".into())
+            })?;
+            raft.add_learner(
+                node,
+                PeerAddr {
+                    quic: req.quic_addr.clone(),
+                },
+            )
+            .await
+            .map_err(|e| RpcError::Remote(format!("cannot add learner: {e}")))?;
             let cmd = Command::RegisterNode {
                 id: node,
                 quic_addr: req.quic_addr,
@@ -127,8 +132,17 @@ pub fn spawn_duties(
     let detector: Arc<Mutex<Option<LeaderDetector>>> = Arc::new(Mutex::new(None));
     let health = Arc::new(Health::default());
 
-    tokio::spawn(receive_heartbeats(endpoint.clone(), detector.clone(), shutdown.clone()));
-    tokio::spawn(send_heartbeats(endpoint, raft.clone(), cfg.clone(), shutdown.clone()));
+    tokio::spawn(receive_heartbeats(
+        endpoint.clone(),
+        detector.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(send_heartbeats(
+        endpoint,
+        raft.clone(),
+        cfg.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(lead(raft.clone(), cfg.clone(), detector, shutdown.clone()));
     tokio::spawn(autopilot_loop(raft.clone(), cfg.clone(), shutdown.clone()));
     tokio::spawn(health::track(raft, cfg, health.clone(), shutdown));
@@ -180,14 +194,23 @@ async fn send_heartbeats(
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
-        let Some((leader, addr)) = raft.leader() else { continue };
+        let Some((leader, addr)) = raft.leader() else {
+            continue;
+        };
         if leader == cfg.node_id {
             continue;
         }
-        let Ok(addr) = addr.quic.parse() else { continue };
+        let Ok(addr) = addr.quic.parse() else {
+            continue;
+        };
         seq += 1;
-        let hb = Heartbeat { seq, ..Default::default() };
-        let Ok(bytes) = postcard::to_allocvec(&hb) else { continue };
+        let hb = Heartbeat {
+            seq,
+            ..Default::default()
+        };
+        let Ok(bytes) = postcard::to_allocvec(&hb) else {
+            continue;
+        };
         // Best effort with a deadline: a dead leader must not stall the next beat.
         let send = endpoint.send_datagram(addr, bytes.into());
         if let Ok(Err(e)) = tokio::time::timeout(cfg.heartbeat_interval, send).await {
@@ -231,12 +254,16 @@ async fn lead(
                 detector: FailureDetector::new(cfg.down_after, now),
             });
             if entry.term != term {
-                *entry = LeaderDetector { term, detector: FailureDetector::new(cfg.down_after, now) };
+                *entry = LeaderDetector {
+                    term,
+                    detector: FailureDetector::new(cfg.down_after, now),
+                };
             }
             entry.detector.heartbeat(cfg.node_id, now);
             for id in members.keys() {
                 let age = entry.detector.silence(*id, now).as_secs_f64();
-                metrics::gauge!("stator_cluster_heartbeat_age_seconds", "node" => id.to_string()).set(age);
+                metrics::gauge!("stator_cluster_heartbeat_age_seconds", "node" => id.to_string())
+                    .set(age);
             }
             entry.detector.tick(&members, now)
         };
@@ -247,7 +274,11 @@ async fn lead(
             info!(node = t.node, to = ?to, silent_ms = t.silent_for.as_millis() as u64, "failure detector transition");
             metrics::counter!("stator_cluster_detections_total", "to" => format!("{to:?}").to_lowercase()).increment(1);
             tokio::spawn(async move {
-                let cmd = Command::SetNodeStatus { id: t.node, status: to, at_ms: wall_ms() };
+                let cmd = Command::SetNodeStatus {
+                    id: t.node,
+                    status: to,
+                    at_ms: wall_ms(),
+                };
                 if let Err(e) = raft.write(vec![cmd]).await {
                     warn!(node = t.node, error = %e, "could not commit status transition");
                     if let Some(d) = detector.lock().as_mut() {
@@ -260,8 +291,15 @@ async fn lead(
 }
 
 /// On the leader: keep the voter count at its target.
-async fn autopilot_loop(raft: Arc<RaftNode>, cfg: ClusterConfig, mut shutdown: watch::Receiver<bool>) {
-    let ap = AutopilotConfig { target_voters: cfg.target_voters, replace_after: cfg.replace_voter_after };
+async fn autopilot_loop(
+    raft: Arc<RaftNode>,
+    cfg: ClusterConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let ap = AutopilotConfig {
+        target_voters: cfg.target_voters,
+        replace_after: cfg.replace_voter_after,
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -279,7 +317,11 @@ async fn autopilot_loop(raft: Arc<RaftNode>, cfg: ClusterConfig, mut shutdown: w
         let matched: BTreeMap<u64, u64> = metrics
             .replication
             .as_ref()
-            .map(|r| r.iter().map(|(id, l)| (*id, l.map_or(0, |l| l.index))).collect())
+            .map(|r| {
+                r.iter()
+                    .map(|(id, l)| (*id, l.map_or(0, |l| l.index)))
+                    .collect()
+            })
             .unwrap_or_default();
         let now = wall_ms();
         let views: BTreeMap<u64, MemberView> = state
@@ -287,7 +329,9 @@ async fn autopilot_loop(raft: Arc<RaftNode>, cfg: ClusterConfig, mut shutdown: w
             .iter()
             .map(|(id, n)| {
                 let caught_up = *id == cfg.node_id
-                    || matched.get(id).is_some_and(|m| last_log.saturating_sub(*m) <= 64);
+                    || matched
+                        .get(id)
+                        .is_some_and(|m| last_log.saturating_sub(*m) <= 64);
                 (
                     *id,
                     MemberView {
@@ -309,7 +353,11 @@ async fn autopilot_loop(raft: Arc<RaftNode>, cfg: ClusterConfig, mut shutdown: w
     }
 }
 
-fn update_member_gauges(voters: &BTreeSet<u64>, learners: &BTreeSet<u64>, views: &BTreeMap<u64, MemberView>) {
+fn update_member_gauges(
+    voters: &BTreeSet<u64>,
+    learners: &BTreeSet<u64>,
+    views: &BTreeMap<u64, MemberView>,
+) {
     let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for role in ["voter", "learner", "none"] {
         for status in ["up", "down", "left"] {

@@ -8,7 +8,11 @@ use stator_raft::model::{ClusterState, Command, NodeStatus, WorkerId, WorkerRole
 /// chosen by load (`load`: active blocks per worker, as last reported). Leases are spread:
 /// each assignment adds an estimate to the chosen worker's load. Leases with no live target
 /// stay where they are (the frontend fails them after its deadline).
-pub fn reassign_leases(state: &ClusterState, dead: u64, load: &BTreeMap<WorkerId, u32>) -> Vec<Command> {
+pub fn reassign_leases(
+    state: &ClusterState,
+    dead: u64,
+    load: &BTreeMap<WorkerId, u32>,
+) -> Vec<Command> {
     let mut targets: Vec<(WorkerId, u64)> = state
         .workers
         .iter()
@@ -16,7 +20,10 @@ pub fn reassign_leases(state: &ClusterState, dead: u64, load: &BTreeMap<WorkerId
             id.node != dead
                 && w.state == WorkerState::Active
                 && matches!(w.role, WorkerRole::Decode | WorkerRole::Aggregated)
-                && state.nodes.get(&id.node).is_some_and(|n| n.status == NodeStatus::Up)
+                && state
+                    .nodes
+                    .get(&id.node)
+                    .is_some_and(|n| n.status == NodeStatus::Up)
         })
         .map(|(id, _)| (*id, load.get(id).copied().unwrap_or(0) as u64))
         .collect();
@@ -30,7 +37,9 @@ pub fn reassign_leases(state: &ClusterState, dead: u64, load: &BTreeMap<WorkerId
         if lease.owner.node != dead {
             continue;
         }
-        let Some(best) = targets.iter_mut().min_by_key(|(id, l)| (*l, *id)) else { break };
+        let Some(best) = targets.iter_mut().min_by_key(|(id, l)| (*l, *id)) else {
+            break;
+        };
         best.1 += PER_LEASE;
         out.push(Command::ReassignLease {
             request_id: request_id.clone(),
@@ -60,7 +69,13 @@ mod tests {
 
     fn worker(state: &mut ClusterState, node: u64, role: WorkerRole) -> WorkerId {
         let id = WorkerId { node, slot: 0 };
-        let info = WorkerInfo { role, state: WorkerState::Active, model: "m".into(), kv_blocks_total: 100, device: "cpu".into() };
+        let info = WorkerInfo {
+            role,
+            state: WorkerState::Active,
+            model: "m".into(),
+            kv_blocks_total: 100,
+            device: "cpu".into(),
+        };
         assert!(state.apply(&Command::UpsertWorker { id, info }).is_ok());
         id
     }
@@ -81,38 +96,77 @@ mod tests {
     fn leases_of_the_dead_node_move_to_live_decoders_spread_by_load() {
         let (mut s, d1, d2, d3, _p4) = cluster();
         for i in 0..4 {
-            let r = s.apply(&Command::GrantLease { request_id: format!("r{i}"), owner: d1, frontend: 9, at_ms: 1 });
+            let r = s.apply(&Command::GrantLease {
+                request_id: format!("r{i}"),
+                owner: d1,
+                frontend: 9,
+                at_ms: 1,
+            });
             assert!(r.is_ok());
         }
-        assert!(s.apply(&Command::GrantLease { request_id: "other".into(), owner: d2, frontend: 9, at_ms: 1 }).is_ok());
+        assert!(s
+            .apply(&Command::GrantLease {
+                request_id: "other".into(),
+                owner: d2,
+                frontend: 9,
+                at_ms: 1
+            })
+            .is_ok());
         let cmds = reassign_leases(&s, 1, &BTreeMap::from([(d2, 0), (d3, 40)]));
         assert_eq!(cmds.len(), 4, "only the dead node's leases move");
         let owners: Vec<WorkerId> = cmds
             .iter()
             .map(|c| match c {
-                Command::ReassignLease { new_owner, expected_epoch, .. } => {
+                Command::ReassignLease {
+                    new_owner,
+                    expected_epoch,
+                    ..
+                } => {
                     assert_eq!(*expected_epoch, 1);
                     *new_owner
                 }
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
-        assert!(owners.contains(&d2) && owners.contains(&d3), "spread over both: {owners:?}");
+        assert!(
+            owners.contains(&d2) && owners.contains(&d3),
+            "spread over both: {owners:?}"
+        );
         assert!(!owners.contains(&d1));
         for c in &cmds {
             assert!(s.apply(c).is_ok());
         }
         assert!(s.leases.values().all(|l| l.owner.node != 1));
-        assert!(s.leases.iter().filter(|(k, _)| k.starts_with('r')).all(|(_, l)| l.epoch == 2));
+        assert!(s
+            .leases
+            .iter()
+            .filter(|(k, _)| k.starts_with('r'))
+            .all(|(_, l)| l.epoch == 2));
     }
 
     #[test]
     fn prefill_workers_and_down_nodes_are_never_targets() {
         let (mut s, d1, _d2, _d3, _p4) = cluster();
-        assert!(s.apply(&Command::GrantLease { request_id: "r".into(), owner: d1, frontend: 9, at_ms: 1 }).is_ok());
+        assert!(s
+            .apply(&Command::GrantLease {
+                request_id: "r".into(),
+                owner: d1,
+                frontend: 9,
+                at_ms: 1
+            })
+            .is_ok());
         for n in [2, 3] {
-            assert!(s.apply(&Command::SetNodeStatus { id: n, status: NodeStatus::Down, at_ms: 2 }).is_ok());
+            assert!(s
+                .apply(&Command::SetNodeStatus {
+                    id: n,
+                    status: NodeStatus::Down,
+                    at_ms: 2
+                })
+                .is_ok());
         }
-        assert!(reassign_leases(&s, 1, &BTreeMap::new()).is_empty(), "only the prefill worker is up");
+        assert!(
+            reassign_leases(&s, 1, &BTreeMap::new()).is_empty(),
+            "only the prefill worker is up"
+        );
     }
 }

@@ -22,7 +22,10 @@ pub struct StreamReconciler {
 
 impl StreamReconciler {
     pub fn new(epoch: u64) -> Self {
-        Self { epoch, next_index: 0 }
+        Self {
+            epoch,
+            next_index: 0,
+        }
     }
 
     pub fn epoch(&self) -> u64 {

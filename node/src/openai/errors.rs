@@ -117,11 +117,6 @@ impl ApiError {
         }
     }
 
-    pub fn with_param(mut self, param: impl Into<String>) -> Self {
-        self.param = Some(param.into());
-        self
-    }
-
     /// The `{"error":{...}}` object, also sent as an SSE `data:` line when a stream fails.
     pub fn to_json(&self) -> String {
         let envelope = ErrorEnvelope {

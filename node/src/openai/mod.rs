@@ -28,7 +28,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use stator_gpu::tokenizer::Tokenizer;
 
-pub use errors::ApiError;
 pub use source::{EngineEvents, GenerateError, TokenSource};
 
 /// What the API serves and where its tokens come from.

@@ -78,7 +78,11 @@ pub struct Router {
 
 impl Router {
     pub fn new(cfg: RouterConfig) -> Self {
-        Self { cfg, workers: BTreeMap::new(), index: PrefixIndex::default() }
+        Self {
+            cfg,
+            workers: BTreeMap::new(),
+            index: PrefixIndex::default(),
+        }
     }
 
     pub fn config(&self) -> &RouterConfig {
@@ -97,9 +101,17 @@ impl Router {
                 }
                 Some(_) => {
                     self.index.remove_worker(id);
-                    WorkerView { role, load: Load::default(), pending_blocks: 0 }
+                    WorkerView {
+                        role,
+                        load: Load::default(),
+                        pending_blocks: 0,
+                    }
                 }
-                None => WorkerView { role, load: Load::default(), pending_blocks: 0 },
+                None => WorkerView {
+                    role,
+                    load: Load::default(),
+                    pending_blocks: 0,
+                },
             };
             next.insert(id, view);
         }
@@ -136,7 +148,12 @@ impl Router {
 
     /// Picks workers for a prompt of `prompt_tokens` tokens whose full blocks hash to `hashes`.
     /// `uniform` in [0, 1) drives softmax sampling when a temperature is set.
-    pub fn route(&mut self, hashes: &[BlockHash], prompt_tokens: usize, uniform: f64) -> Result<Decision, RouteError> {
+    pub fn route(
+        &mut self,
+        hashes: &[BlockHash],
+        prompt_tokens: usize,
+        uniform: f64,
+    ) -> Result<Decision, RouteError> {
         let bs = self.cfg.block_size.max(1);
         let prompt_blocks = prompt_tokens.div_ceil(bs) as u32;
         let overlaps = self.index.overlaps(hashes);
@@ -154,15 +171,20 @@ impl Router {
         if serving.is_empty() {
             return Err(RouteError::NoDecodeWorker);
         }
-        let prefillers: Vec<(&WorkerId, &WorkerView)> =
-            self.workers.iter().filter(|(_, v)| v.role == WorkerRole::Prefill).collect();
+        let prefillers: Vec<(&WorkerId, &WorkerView)> = self
+            .workers
+            .iter()
+            .filter(|(_, v)| v.role == WorkerRole::Prefill)
+            .collect();
 
         let w = self.cfg.overlap_weight;
         let temperature = self.cfg.temperature;
         let decision = if prefillers.is_empty() {
             // Aggregated cluster: prefix-aware and load-aware in one cost.
-            let costs: Vec<(WorkerId, f64)> =
-                serving.iter().map(|(id, v)| (**id, w * uncached_blocks(id) + active(v))).collect();
+            let costs: Vec<(WorkerId, f64)> = serving
+                .iter()
+                .map(|(id, v)| (**id, w * uncached_blocks(id) + active(v)))
+                .collect();
             let decode = pick(&costs, temperature, uniform);
             Decision {
                 decode,
@@ -181,14 +203,28 @@ impl Router {
             let decode = pick(&costs, temperature, uniform);
             let local_cached = overlaps.get(&decode).copied().unwrap_or(0) * bs;
             let uncached_tokens = prompt_tokens.saturating_sub(local_cached);
-            let prefill_busy = prefillers.iter().all(|(_, v)| v.load.queue_depth > self.cfg.prefill_queue_limit);
+            let prefill_busy = prefillers
+                .iter()
+                .all(|(_, v)| v.load.queue_depth > self.cfg.prefill_queue_limit);
             if uncached_tokens < self.cfg.disagg_min_tokens {
-                Decision { decode, prefill: None, cached_tokens: local_cached, why: "short uncached prompt" }
+                Decision {
+                    decode,
+                    prefill: None,
+                    cached_tokens: local_cached,
+                    why: "short uncached prompt",
+                }
             } else if prefill_busy {
-                Decision { decode, prefill: None, cached_tokens: local_cached, why: "prefill workers saturated" }
+                Decision {
+                    decode,
+                    prefill: None,
+                    cached_tokens: local_cached,
+                    why: "prefill workers saturated",
+                }
             } else {
-                let costs: Vec<(WorkerId, f64)> =
-                    prefillers.iter().map(|(id, v)| (**id, w * uncached_blocks(id) + active(v))).collect();
+                let costs: Vec<(WorkerId, f64)> = prefillers
+                    .iter()
+                    .map(|(id, v)| (**id, w * uncached_blocks(id) + active(v)))
+                    .collect();
                 let prefill = pick(&costs, temperature, uniform);
                 Decision {
                     decode,
@@ -199,7 +235,10 @@ impl Router {
             }
         };
         // Account for the blocks this request will occupy until the next load report.
-        for target in [Some(decision.decode), decision.prefill].into_iter().flatten() {
+        for target in [Some(decision.decode), decision.prefill]
+            .into_iter()
+            .flatten()
+        {
             if let Some(v) = self.workers.get_mut(&target) {
                 v.pending_blocks = v.pending_blocks.saturating_add(prompt_blocks);
             }
@@ -218,7 +257,10 @@ fn pick(costs: &[(WorkerId, f64)], temperature: f64, uniform: f64) -> WorkerId {
             .unwrap_or(costs[0].0);
     }
     let min = costs.iter().map(|c| c.1).fold(f64::INFINITY, f64::min);
-    let weights: Vec<f64> = costs.iter().map(|c| (-(c.1 - min) / temperature).exp()).collect();
+    let weights: Vec<f64> = costs
+        .iter()
+        .map(|c| (-(c.1 - min) / temperature).exp())
+        .collect();
     let total: f64 = weights.iter().sum();
     let mut target = uniform.clamp(0.0, 1.0) * total;
     for (c, wgt) in costs.iter().zip(&weights) {

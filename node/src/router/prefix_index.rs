@@ -26,7 +26,9 @@ impl PrefixIndex {
                 }
             }
             KvEvent::Removed { hashes } => {
-                let Some(owned) = self.by_worker.get_mut(&worker) else { return };
+                let Some(owned) = self.by_worker.get_mut(&worker) else {
+                    return;
+                };
                 for h in hashes {
                     if owned.remove(h) {
                         Self::unlink(&mut self.holders, *h, worker);
@@ -57,13 +59,17 @@ impl PrefixIndex {
     /// Number of leading blocks of `hashes` each worker holds (workers with none are absent).
     pub fn overlaps(&self, hashes: &[BlockHash]) -> HashMap<WorkerId, usize> {
         let mut out = HashMap::new();
-        let Some(first) = hashes.first().and_then(|h| self.holders.get(h)) else { return out };
+        let Some(first) = hashes.first().and_then(|h| self.holders.get(h)) else {
+            return out;
+        };
         let mut alive: Vec<WorkerId> = first.clone();
         for w in &alive {
             out.insert(*w, 1);
         }
         for h in &hashes[1..] {
-            let Some(holders) = self.holders.get(h) else { break };
+            let Some(holders) = self.holders.get(h) else {
+                break;
+            };
             alive.retain(|w| holders.contains(w));
             if alive.is_empty() {
                 break;
@@ -94,18 +100,31 @@ mod tests {
     #[test]
     fn overlap_counts_leading_blocks_per_worker() {
         let mut idx = PrefixIndex::default();
-        idx.apply(w(1), &KvEvent::Stored { hashes: hs(&[10, 11, 12]) });
+        idx.apply(
+            w(1),
+            &KvEvent::Stored {
+                hashes: hs(&[10, 11, 12]),
+            },
+        );
         idx.apply(w(2), &KvEvent::Stored { hashes: hs(&[10]) });
         let o = idx.overlaps(&hs(&[10, 11, 12, 13]));
         assert_eq!(o[&w(1)], 3);
         assert_eq!(o[&w(2)], 1);
-        assert!(idx.overlaps(&hs(&[99, 10])).is_empty(), "prefix must start at block 0");
+        assert!(
+            idx.overlaps(&hs(&[99, 10])).is_empty(),
+            "prefix must start at block 0"
+        );
     }
 
     #[test]
     fn eviction_in_the_middle_stops_the_prefix() {
         let mut idx = PrefixIndex::default();
-        idx.apply(w(1), &KvEvent::Stored { hashes: hs(&[10, 11, 12]) });
+        idx.apply(
+            w(1),
+            &KvEvent::Stored {
+                hashes: hs(&[10, 11, 12]),
+            },
+        );
         idx.apply(w(1), &KvEvent::Removed { hashes: hs(&[11]) });
         assert_eq!(idx.overlaps(&hs(&[10, 11, 12]))[&w(1)], 1);
     }
@@ -113,7 +132,12 @@ mod tests {
     #[test]
     fn removing_a_worker_forgets_all_its_blocks() {
         let mut idx = PrefixIndex::default();
-        idx.apply(w(1), &KvEvent::Stored { hashes: hs(&[10, 11]) });
+        idx.apply(
+            w(1),
+            &KvEvent::Stored {
+                hashes: hs(&[10, 11]),
+            },
+        );
         idx.apply(w(2), &KvEvent::Stored { hashes: hs(&[10]) });
         idx.remove_worker(w(1));
         let o = idx.overlaps(&hs(&[10, 11]));

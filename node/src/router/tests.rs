@@ -26,13 +26,23 @@ fn aggregated_cluster_prefers_the_worker_holding_the_prefix() {
 fn load_outweighs_a_small_prefix_hit() {
     let mut r = router(&[(1, WorkerRole::Aggregated), (2, WorkerRole::Aggregated)]);
     r.apply_kv_event(w(2), &KvEvent::Stored { hashes: hashes(2) });
-    r.set_load(w(2), Load { active_blocks: 500, queue_depth: 0 });
+    r.set_load(
+        w(2),
+        Load {
+            active_blocks: 500,
+            queue_depth: 0,
+        },
+    );
     assert_eq!(r.route(&hashes(32), 512, 0.0).unwrap().decode, w(1));
 }
 
 #[test]
 fn long_uncached_prompts_go_to_a_prefill_worker_short_ones_stay_local() {
-    let mut r = router(&[(1, WorkerRole::Decode), (2, WorkerRole::Decode), (3, WorkerRole::Prefill)]);
+    let mut r = router(&[
+        (1, WorkerRole::Decode),
+        (2, WorkerRole::Decode),
+        (3, WorkerRole::Prefill),
+    ]);
     let long = r.route(&hashes(64), 64 * 16, 0.0).unwrap();
     assert_eq!(long.prefill, Some(w(3)));
     assert_eq!(long.why, "disaggregated");
@@ -53,7 +63,13 @@ fn a_prompt_cached_on_the_decode_worker_is_not_sent_to_prefill() {
 #[test]
 fn saturated_prefill_workers_mean_local_prefill() {
     let mut r = router(&[(1, WorkerRole::Decode), (3, WorkerRole::Prefill)]);
-    r.set_load(w(3), Load { active_blocks: 0, queue_depth: 100 });
+    r.set_load(
+        w(3),
+        Load {
+            active_blocks: 0,
+            queue_depth: 100,
+        },
+    );
     let d = r.route(&hashes(64), 64 * 16, 0.0).unwrap();
     assert_eq!(d.prefill, None);
     assert_eq!(d.why, "prefill workers saturated");
@@ -61,12 +77,28 @@ fn saturated_prefill_workers_mean_local_prefill() {
 
 #[test]
 fn prefill_choice_weighs_overlap_against_load() {
-    let mut r = router(&[(1, WorkerRole::Decode), (3, WorkerRole::Prefill), (4, WorkerRole::Prefill)]);
+    let mut r = router(&[
+        (1, WorkerRole::Decode),
+        (3, WorkerRole::Prefill),
+        (4, WorkerRole::Prefill),
+    ]);
     r.apply_kv_event(w(4), &KvEvent::Stored { hashes: hashes(40) });
-    assert_eq!(r.route(&hashes(64), 64 * 16, 0.0).unwrap().prefill, Some(w(4)));
+    assert_eq!(
+        r.route(&hashes(64), 64 * 16, 0.0).unwrap().prefill,
+        Some(w(4))
+    );
     // Enough load on 4 to outweigh 40 cached blocks.
-    r.set_load(w(4), Load { active_blocks: 1000, queue_depth: 0 });
-    assert_eq!(r.route(&hashes(64), 64 * 16, 0.0).unwrap().prefill, Some(w(3)));
+    r.set_load(
+        w(4),
+        Load {
+            active_blocks: 1000,
+            queue_depth: 0,
+        },
+    );
+    assert_eq!(
+        r.route(&hashes(64), 64 * 16, 0.0).unwrap().prefill,
+        Some(w(3))
+    );
 }
 
 #[test]
@@ -82,7 +114,10 @@ fn in_flight_accounting_spreads_a_burst_until_load_reports_arrive() {
 #[test]
 fn no_decode_worker_is_a_clear_error() {
     let mut r = router(&[(3, WorkerRole::Prefill)]);
-    assert_eq!(r.route(&hashes(4), 64, 0.0), Err(RouteError::NoDecodeWorker));
+    assert_eq!(
+        r.route(&hashes(4), 64, 0.0),
+        Err(RouteError::NoDecodeWorker)
+    );
     let mut empty = router(&[]);
     assert_eq!(empty.route(&[], 0, 0.0), Err(RouteError::NoDecodeWorker));
 }
@@ -93,20 +128,39 @@ fn removed_workers_lose_their_index_entries_and_role_changes_reset_them() {
     r.apply_kv_event(w(2), &KvEvent::Stored { hashes: hashes(10) });
     r.set_workers([(w(1), WorkerRole::Aggregated)]);
     assert_eq!(r.indexed_blocks(), 0);
-    r.set_workers([(w(1), WorkerRole::Aggregated), (w(2), WorkerRole::Aggregated)]);
+    r.set_workers([
+        (w(1), WorkerRole::Aggregated),
+        (w(2), WorkerRole::Aggregated),
+    ]);
     r.apply_kv_event(w(2), &KvEvent::Stored { hashes: hashes(10) });
     r.set_workers([(w(1), WorkerRole::Aggregated), (w(2), WorkerRole::Prefill)]);
-    assert_eq!(r.indexed_blocks(), 0, "a role change drops the worker's cache view");
+    assert_eq!(
+        r.indexed_blocks(),
+        0,
+        "a role change drops the worker's cache view"
+    );
 }
 
 #[test]
 fn softmax_sampling_spreads_choices_between_equal_workers() {
-    let mut r = Router::new(RouterConfig { temperature: 1.0, ..Default::default() });
-    r.set_workers([(w(1), WorkerRole::Aggregated), (w(2), WorkerRole::Aggregated)]);
+    let mut r = Router::new(RouterConfig {
+        temperature: 1.0,
+        ..Default::default()
+    });
+    r.set_workers([
+        (w(1), WorkerRole::Aggregated),
+        (w(2), WorkerRole::Aggregated),
+    ]);
     let low = r.route(&hashes(1), 16, 0.1).unwrap().decode;
     r.release(low, 1);
-    let mut r2 = Router::new(RouterConfig { temperature: 1.0, ..Default::default() });
-    r2.set_workers([(w(1), WorkerRole::Aggregated), (w(2), WorkerRole::Aggregated)]);
+    let mut r2 = Router::new(RouterConfig {
+        temperature: 1.0,
+        ..Default::default()
+    });
+    r2.set_workers([
+        (w(1), WorkerRole::Aggregated),
+        (w(2), WorkerRole::Aggregated),
+    ]);
     let high = r2.route(&hashes(1), 16, 0.9).unwrap().decode;
     assert_ne!(low, high);
 }

@@ -127,9 +127,12 @@ async fn a_full_queue_is_429_from_the_real_engine() {
         .await
         .expect("infallible");
     let mut running = running.into_body().into_data_stream();
-    tokio::time::timeout(DEADLINE, running.next())
-        .await
-        .expect("first frame");
+    // The role chunk and a token: the first request has started, so it no longer queues.
+    for _ in 0..2 {
+        tokio::time::timeout(DEADLINE, running.next())
+            .await
+            .expect("frame");
+    }
     let waiting = tokio::spawn(served.router.clone().oneshot(chat_request(json!({}))));
     let deadline = Instant::now() + DEADLINE;
     while served.engine.stats().waiting == 0 {

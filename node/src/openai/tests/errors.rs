@@ -275,17 +275,17 @@ async fn queue_full_is_429_with_retry_after() {
 }
 
 #[tokio::test]
-async fn shutdown_is_503() {
-    let harness = Harness::new(Script::Refuse(GenerateError::ShuttingDown));
-    let response = harness
-        .call(
-            "POST",
-            "/v1/completions",
-            json!({"model": MODEL, "prompt": "a"}).to_string(),
-        )
-        .await;
-    assert_eq!(response.status, 503);
-    response.error();
+async fn shutdown_and_no_worker_are_503() {
+    for refusal in [
+        GenerateError::ShuttingDown,
+        GenerateError::Unavailable("no decode worker is reachable".into()),
+    ] {
+        let harness = Harness::new(Script::Refuse(refusal));
+        let body = json!({"model": MODEL, "prompt": "a"}).to_string();
+        let response = harness.call("POST", "/v1/completions", body).await;
+        assert_eq!(response.status, 503);
+        assert_eq!(response.error().0, "service_unavailable");
+    }
 }
 
 #[tokio::test]
