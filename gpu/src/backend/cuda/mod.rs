@@ -420,3 +420,81 @@ impl Backend for CudaBackend {
         self.cache.import(blocks, data)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_config() -> ModelConfig {
+        ModelConfig {
+            architecture: "llama".into(),
+            vocab_size: 64,
+            hidden_size: 128,
+            intermediate_size: 256,
+            num_layers: 1,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            max_position_embeddings: 1024,
+            tie_word_embeddings: true,
+            attention_bias: false,
+        }
+    }
+
+    #[test]
+    fn unsupported_shapes_and_options_are_rejected_before_touching_cuda() {
+        let opts = CudaOptions::default();
+        assert!(check_config(&small_config(), &opts).is_ok());
+        let odd_head = ModelConfig {
+            head_dim: 80,
+            ..small_config()
+        };
+        assert!(
+            matches!(check_config(&odd_head, &opts), Err(BackendError::Device(m)) if m.contains("head_dim"))
+        );
+        let bad_gqa = ModelConfig {
+            num_kv_heads: 3,
+            ..small_config()
+        };
+        assert!(check_config(&bad_gqa, &opts).is_err());
+        let bad_util = CudaOptions {
+            gpu_memory_utilization: 1.5,
+            ..CudaOptions::default()
+        };
+        assert!(check_config(&small_config(), &bad_util).is_err());
+        let no_blocks = CudaOptions {
+            block_size: 0,
+            ..CudaOptions::default()
+        };
+        assert!(check_config(&small_config(), &no_blocks).is_err());
+    }
+
+    #[test]
+    fn a_machine_without_cuda_gets_an_error_not_a_panic() {
+        let config = small_config();
+        let weights = crate::random_weights::random_weights(&config, 1);
+        let opts = CudaOptions {
+            gpu_memory_utilization: 0.05,
+            max_num_seqs: 4,
+            max_batch_tokens: 64,
+            ..Default::default()
+        };
+        match CudaBackend::new(config, &weights, opts) {
+            Ok(backend) => assert!(
+                cuda_available(),
+                "a backend came up on {}",
+                backend.device_name()
+            ),
+            Err(BackendError::Device(message)) => {
+                assert!(
+                    !cuda_available(),
+                    "CUDA is available but the backend failed: {message}"
+                )
+            }
+            Err(other) => panic!("unexpected error kind: {other}"),
+        }
+    }
+}
