@@ -6,8 +6,8 @@ mod cluster;
 mod ctl;
 mod datadir;
 mod http;
-// The router and lease logic are wired into serving with disaggregation (issue 5); until then
-// only their unit tests use them.
+// Lease logic: the leader's reassignment is live; the frontend's stream reconciler is used by
+// remote generation (issue 5), being wired now.
 #[cfg_attr(not(test), allow(dead_code))]
 mod leases;
 mod openai;

@@ -19,6 +19,7 @@ use stator_transport::{ClusterCa, Endpoint, JoinToken, PeerInfo, RpcError};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::leases::reassign::reassign_leases;
 use crate::util::wall_ms;
 use autopilot::{AutopilotConfig, MemberView};
 use failure_detector::FailureDetector;
@@ -273,13 +274,22 @@ async fn lead(
             let to = t.to;
             info!(node = t.node, to = ?to, silent_ms = t.silent_for.as_millis() as u64, "failure detector transition");
             metrics::counter!("stator_cluster_detections_total", "to" => format!("{to:?}").to_lowercase()).increment(1);
+            // A dead peer's leases move in the same entry that marks it Down, so no frontend
+            // can observe the Down without the reassignment.
+            let mut cmds = vec![Command::SetNodeStatus {
+                id: t.node,
+                status: to,
+                at_ms: wall_ms(),
+            }];
+            if to == NodeStatus::Down {
+                let moved = reassign_leases(&state, t.node, &BTreeMap::new());
+                if !moved.is_empty() {
+                    info!(node = t.node, leases = moved.len(), "reassigning the leases of a dead peer");
+                }
+                cmds.extend(moved);
+            }
             tokio::spawn(async move {
-                let cmd = Command::SetNodeStatus {
-                    id: t.node,
-                    status: to,
-                    at_ms: wall_ms(),
-                };
-                if let Err(e) = raft.write(vec![cmd]).await {
+                if let Err(e) = raft.write(cmds).await {
                     warn!(node = t.node, error = %e, "could not commit status transition");
                     if let Some(d) = detector.lock().as_mut() {
                         d.detector.proposal_failed(t.node);

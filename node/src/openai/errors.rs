@@ -148,7 +148,6 @@ impl From<GenerateError> for ApiError {
             },
             GenerateError::Invalid(message) => Self::invalid_request(message),
             GenerateError::ShuttingDown => Self::unavailable("The server is shutting down."),
-            GenerateError::Unavailable(message) => Self::unavailable(message),
         }
     }
 }

@@ -15,7 +15,7 @@ mod logprobs;
 mod metrics;
 mod models;
 mod params;
-mod source;
+pub mod source;
 mod sse;
 mod types;
 
@@ -28,7 +28,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use stator_gpu::tokenizer::Tokenizer;
 
-pub use source::{EngineEvents, GenerateError, TokenSource};
+pub use source::TokenSource;
 
 /// What the API serves and where its tokens come from.
 pub struct ApiState {

@@ -22,9 +22,6 @@ pub enum GenerateError {
     Invalid(String),
     #[error("the server is shutting down")]
     ShuttingDown,
-    /// No worker can take the request right now (remote sources: no decode worker reachable).
-    #[error("no worker is available: {0}")]
-    Unavailable(String),
 }
 
 /// Starts generations somewhere and streams their events back.

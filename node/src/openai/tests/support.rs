@@ -15,7 +15,8 @@ use stator_gpu::request::{EngineEvent, FinishReason, GenerateRequest, TokenLogpr
 use stator_gpu::tokenizer::{ChatMessage, Tokenizer};
 use tower::ServiceExt;
 
-use crate::openai::{router, ApiState, EngineEvents, GenerateError, TokenSource};
+use crate::openai::source::{EngineEvents, GenerateError};
+use crate::openai::{router, ApiState, TokenSource};
 
 pub const MODEL: &str = "test-model";
 pub const CONTEXT_LENGTH: usize = 256;
