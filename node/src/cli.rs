@@ -253,7 +253,7 @@ fn parse_device(s: &str) -> Result<Device, String> {
 
 fn parse_voters(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
-    if n == 0 || n % 2 == 0 {
+    if n == 0 || n.is_multiple_of(2) {
         return Err(format!(
             "voters must be odd and at least 1 (got {n}): an even count \
                             tolerates no more failures than the odd count below it"

@@ -145,7 +145,6 @@ pub async fn run(args: PeerArgs) -> Result<()> {
         down_after: Duration::from_millis(args.down_after_ms.max(1)),
         target_voters: args.voters,
         replace_voter_after: Duration::from_secs(args.replace_voter_after_s),
-        self_info,
     };
     let health = cluster::spawn_duties(
         endpoint.clone(),

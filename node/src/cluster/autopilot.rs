@@ -5,6 +5,7 @@
 //! 1. A voter that has been `Down` longer than `replace_after` (or has `Left`) is replaced by a
 //!    healthy learner, one change at a time.
 //! 2. While there are fewer voters than the target, the oldest healthy learner is promoted.
+//!
 //! A change is only proposed when a healthy learner exists, so the voter count never shrinks
 //! below what it was by the autopilot's own doing; removing a member outright is an operator
 //! action (`stator ctl remove`).

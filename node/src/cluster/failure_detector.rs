@@ -38,10 +38,6 @@ impl FailureDetector {
         }
     }
 
-    pub fn down_after(&self) -> Duration {
-        self.down_after
-    }
-
     pub fn heartbeat(&mut self, node: u64, now: Instant) {
         let slot = self.last_heard.entry(node).or_insert(now);
         if now > *slot {

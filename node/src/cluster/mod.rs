@@ -33,7 +33,6 @@ pub struct ClusterConfig {
     pub down_after: Duration,
     pub target_voters: usize,
     pub replace_voter_after: Duration,
-    pub self_info: NodeInfo,
 }
 
 /// Registers the join and admission methods.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 pub use prefix_index::PrefixIndex;
 use stator_gpu::kv::{BlockHash, KvEvent};
-use stator_raft::model::{WorkerId, WorkerRole, WorkerState};
+use stator_raft::model::{WorkerId, WorkerRole};
 
 #[derive(Clone, Debug)]
 pub struct RouterConfig {
@@ -196,7 +196,7 @@ impl Router {
             // Decode by load alone: its prefill, if remote, arrives as KV.
             let costs: Vec<(WorkerId, f64)> = serving
                 .iter()
-                .map(|(_, v)| (active(v) + v.load.queue_depth as f64 * prompt_blocks as f64))
+                .map(|(_, v)| active(v) + v.load.queue_depth as f64 * prompt_blocks as f64)
                 .zip(serving.iter().map(|(id, _)| **id))
                 .map(|(c, id)| (id, c))
                 .collect();

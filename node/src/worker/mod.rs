@@ -1,0 +1,96 @@
+//! The worker runtime on every peer with an engine: registers the engine as a worker and serves
+//! `worker.generate` streams under request leases, fencing itself when it loses the quorum.
+
+mod fence;
+mod lease_check;
+mod register;
+mod service;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use stator_gpu::engine::EngineHandle;
+use stator_raft::model::{WorkerId, WorkerInfo, WorkerRole, WorkerState};
+use stator_raft::RaftNode;
+use stator_transport::Endpoint;
+use tokio::sync::watch;
+use tracing::error;
+
+pub use fence::{Fence, FenceClock};
+pub use lease_check::{standing, LeaseStanding};
+pub use register::{register_worker, RegisterError};
+pub use service::{serve_generate, GenerateService};
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub slot: u32,
+    pub role: WorkerRole,
+    /// A peer without proven quorum contact for this long stops streaming (self-fencing).
+    pub lease_timeout: Duration,
+    /// How long a stream waits for its lease to show up in the local state.
+    pub lease_wait: Duration,
+    /// How long registration keeps retrying before it gives up (and logs).
+    pub register_deadline: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            slot: 0,
+            role: WorkerRole::Aggregated,
+            lease_timeout: Duration::from_millis(1000),
+            lease_wait: Duration::from_secs(2),
+            register_deadline: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Starts the worker of this peer's engine: serves `worker.generate` on `endpoint` right away,
+/// runs the fence, and registers the worker in the background once the peer is healthy.
+pub fn start(
+    endpoint: &Endpoint,
+    raft: Arc<RaftNode>,
+    health: Arc<crate::cluster::Health>,
+    engine: EngineHandle,
+    model: String,
+    device: String,
+    cfg: WorkerConfig,
+    shutdown: watch::Receiver<bool>,
+) -> WorkerId {
+    let id = WorkerId {
+        node: raft.node_id(),
+        slot: cfg.slot,
+    };
+    let fence = Fence::new(cfg.lease_timeout);
+    tokio::spawn(fence::run_fence(
+        raft.clone(),
+        fence.clone(),
+        cfg.lease_timeout,
+        shutdown,
+    ));
+    let info = WorkerInfo {
+        role: cfg.role,
+        state: WorkerState::Active,
+        model,
+        kv_blocks_total: engine.stats().kv_blocks_total as u64,
+        device,
+    };
+    serve_generate(
+        endpoint,
+        Arc::new(GenerateService {
+            raft: raft.clone(),
+            engine,
+            me: id,
+            fence,
+            lease_wait: cfg.lease_wait,
+            fence_check: (cfg.lease_timeout / 4).max(Duration::from_millis(10)),
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = register_worker(raft, health, id, info, cfg.register_deadline).await {
+            error!(error = %e, "this peer's engine is not available to the cluster");
+        }
+    });
+    id
+}

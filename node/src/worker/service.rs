@@ -1,0 +1,187 @@
+//! The `worker.generate` stream: runs a request on the local engine for as long as this worker
+//! holds its lease, and stops the moment it does not.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use stator_gpu::engine::EngineHandle;
+use stator_gpu::request::EngineEvent;
+use stator_raft::model::{ClusterState, WorkerId};
+use stator_raft::RaftNode;
+use stator_transport::{Endpoint, FramedRecv, FramedSend, PeerInfo};
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use super::fence::Fence;
+use super::lease_check::{standing, LeaseStanding};
+use super::wire::{GenerateHeader, WorkerFrame, GENERATE_STREAM};
+
+pub struct GenerateService {
+    pub raft: Arc<RaftNode>,
+    pub engine: EngineHandle,
+    pub me: WorkerId,
+    pub fence: Fence,
+    /// How long to wait for the local state to show a lease before refusing.
+    pub lease_wait: Duration,
+    /// How often the fence is re-checked while the engine is silent (e.g. during prefill).
+    pub fence_check: Duration,
+}
+
+/// Registers the `worker.generate` handler on `endpoint`.
+pub fn serve_generate(endpoint: &Endpoint, service: Arc<GenerateService>) {
+    endpoint.register_stream(GENERATE_STREAM, move |peer, send, recv| {
+        let service = service.clone();
+        async move { service.handle(peer, send, recv).await }
+    });
+}
+
+/// Why a stream ended early; each reason is a metric label.
+enum Stop {
+    Refused(&'static str, String),
+    CallerGone,
+    Done,
+}
+
+impl GenerateService {
+    async fn handle(&self, peer: PeerInfo, mut send: FramedSend, mut recv: FramedRecv) {
+        let header: GenerateHeader = match recv.recv().await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => {
+                debug!(peer = ?peer.node_id, error = %e, "unreadable generate header");
+                return;
+            }
+        };
+        metrics::gauge!("stator_worker_streams_active").increment(1.0);
+        let stop = self.run(&header, &mut send).await;
+        metrics::gauge!("stator_worker_streams_active").decrement(1.0);
+        match stop {
+            Stop::Refused(reason, message) => {
+                info!(request = %header.request_id, epoch = header.epoch, reason, %message, "stopped streaming");
+                metrics::counter!("stator_worker_stops_total", "reason" => reason).increment(1);
+                let _ = send.send(&WorkerFrame::Refused(message)).await;
+                let _ = send.finish().await;
+            }
+            Stop::CallerGone => {
+                metrics::counter!("stator_worker_stops_total", "reason" => "caller_gone")
+                    .increment(1);
+            }
+            Stop::Done => {
+                let _ = send.finish().await;
+            }
+        }
+        // Keep the receive half open until here so the caller's side sees a clean end.
+        drop(recv);
+    }
+
+    async fn run(&self, header: &GenerateHeader, send: &mut FramedSend) -> Stop {
+        let mut state = self.raft.state();
+        if let Err(stop) = self.await_lease(header, &mut state).await {
+            return stop;
+        }
+        if self.fence.is_fenced() {
+            return Stop::Refused("fenced", "this peer has no recent quorum contact".into());
+        }
+        let mut request = header.request.clone();
+        // The lease key is cluster-unique; the engine tracks requests by it.
+        request.id = header.request_id.clone();
+        let mut events = match self.engine.submit(request) {
+            Ok(events) => events,
+            Err(e) => {
+                let failed = EngineEvent::Failed {
+                    message: e.to_string(),
+                };
+                return match send.send(&WorkerFrame::Event(failed)).await {
+                    Ok(()) => Stop::Done,
+                    Err(_) => Stop::CallerGone,
+                };
+            }
+        };
+        let mut fence_tick = tokio::time::interval(self.fence_check);
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        return Stop::Refused("shutdown", "the peer is shutting down".into());
+                    }
+                    if let Err(stop) = self.still_held(header, &state.borrow_and_update()) {
+                        return stop;
+                    }
+                    continue;
+                }
+                _ = fence_tick.tick() => {
+                    if self.fence.is_fenced() {
+                        return Stop::Refused("fenced", "this peer lost quorum contact".into());
+                    }
+                    continue;
+                }
+            };
+            let Some(event) = event else {
+                return Stop::Refused("engine", "the engine ended the stream".into());
+            };
+            // Checked before every send: a token produced after the lease moved or after this
+            // peer lost contact must never leave it.
+            if self.fence.is_fenced() {
+                return Stop::Refused("fenced", "this peer lost quorum contact".into());
+            }
+            if let Err(stop) = self.still_held(header, &state.borrow()) {
+                return stop;
+            }
+            let last = matches!(
+                event,
+                EngineEvent::Finished { .. } | EngineEvent::Failed { .. }
+            );
+            if send.send(&WorkerFrame::Event(event)).await.is_err() {
+                return Stop::CallerGone;
+            }
+            if last {
+                return Stop::Done;
+            }
+        }
+    }
+
+    async fn await_lease(
+        &self,
+        header: &GenerateHeader,
+        state: &mut watch::Receiver<Arc<ClusterState>>,
+    ) -> Result<(), Stop> {
+        let deadline = tokio::time::Instant::now() + self.lease_wait;
+        loop {
+            let now_standing = standing(
+                &state.borrow_and_update(),
+                &header.request_id,
+                self.me,
+                header.epoch,
+                false,
+            );
+            match now_standing {
+                LeaseStanding::Held => return Ok(()),
+                LeaseStanding::Lost(why) => return Err(Stop::Refused("not_owner", why)),
+                LeaseStanding::NotYet => {}
+            }
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() {
+                    return Err(Stop::Refused("shutdown", "the peer is shutting down".into()));
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(Stop::Refused("no_lease", format!(
+                        "no lease for {} at epoch {} on worker {} within {:?}",
+                        header.request_id, header.epoch, self.me, self.lease_wait
+                    )));
+                }
+            }
+        }
+    }
+
+    fn still_held(&self, header: &GenerateHeader, state: &ClusterState) -> Result<(), Stop> {
+        match standing(state, &header.request_id, self.me, header.epoch, true) {
+            LeaseStanding::Held => Ok(()),
+            LeaseStanding::Lost(why) => Err(Stop::Refused("lease_moved", why)),
+            LeaseStanding::NotYet => Err(Stop::Refused(
+                "lease_moved",
+                "the lease went back to an older epoch".into(),
+            )),
+        }
+    }
+}
