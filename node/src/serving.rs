@@ -69,15 +69,23 @@ pub async fn build(args: &EngineArgs) -> Result<Serving> {
     })
 }
 
-fn start_engine(path: PathBuf, args: &EngineArgs) -> Result<(EngineHandle, stator_gpu::tokenizer::Tokenizer, String)> {
+fn start_engine(
+    path: PathBuf,
+    args: &EngineArgs,
+) -> Result<(EngineHandle, stator_gpu::tokenizer::Tokenizer, String)> {
     let t0 = std::time::Instant::now();
-    let loaded = load_model(&path).with_context(|| format!("cannot load the model {}", path.display()))?;
-    let mut name = args.served_model_name.clone().unwrap_or_else(|| served_name_from_path(&path));
+    let loaded =
+        load_model(&path).with_context(|| format!("cannot load the model {}", path.display()))?;
+    let mut name = args
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| served_name_from_path(&path));
     let device = resolve_device(args.device)?;
     let random = match &args.random_weights {
         None => None,
         Some(spec) => {
-            let mut config = parse_random_weights_spec(spec).with_context(|| format!("--random-weights {spec}"))?;
+            let mut config = parse_random_weights_spec(spec)
+                .with_context(|| format!("--random-weights {spec}"))?;
             // Token ids come from the served model's tokenizer, so the vocabulary must be its own.
             config.vocab_size = loaded.tokenizer.vocab_size();
             info!(spec = %spec, params = config.num_parameters(), vocab = config.vocab_size, "serving seeded random weights");
@@ -102,7 +110,10 @@ fn start_engine(path: PathBuf, args: &EngineArgs) -> Result<(EngineHandle, stato
                 Some(config) => CudaBackend::with_random_weights(config, RANDOM_WEIGHTS_SEED, opts),
                 None => CudaBackend::new(loaded.config, &loaded.weights, opts),
             };
-            Box::new(backend.with_context(|| format!("cannot start the CUDA backend on cuda:{ordinal}"))?)
+            Box::new(
+                backend
+                    .with_context(|| format!("cannot start the CUDA backend on cuda:{ordinal}"))?,
+            )
         }
         _ => {
             let (config, weights) = match random {

@@ -283,7 +283,11 @@ async fn lead(
             if to == NodeStatus::Down {
                 let moved = reassign_leases(&state, t.node, &BTreeMap::new());
                 if !moved.is_empty() {
-                    info!(node = t.node, leases = moved.len(), "reassigning the leases of a dead peer");
+                    info!(
+                        node = t.node,
+                        leases = moved.len(),
+                        "reassigning the leases of a dead peer"
+                    );
                 }
                 cmds.extend(moved);
             }
