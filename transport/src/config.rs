@@ -24,8 +24,10 @@ impl Default for TransportConfig {
             max_frame_bytes: 16 * 1024 * 1024,
             rpc_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
-            keep_alive: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(10),
+            // A peer that vanished without closing (SIGKILL, power loss) must not keep a dead
+            // pooled connection around for long: Raft RPCs to it would time out until then.
+            keep_alive: Duration::from_millis(250),
+            idle_timeout: Duration::from_secs(2),
         }
     }
 }
