@@ -35,8 +35,10 @@ sp=$(free_port); lp=$(free_port); qp=$(free_port)
 target/release/stator peer --data-dir "$tmp/stator" --listen "127.0.0.1:$qp" --http "127.0.0.1:$sp" \
   --model "$model" --kv-cache-mib 512 --max-num-seqs 64 >"$tmp/stator.log" 2>&1 &
 pids+=($!)
+# --interrupt_requests False: by default the server aborts the running request whenever a new
+# one arrives, which would turn concurrent load into truncated outputs instead of a queue.
 "$venv/bin/python" -m llama_cpp.server --model "$model" --model_alias "$name" --host 127.0.0.1 --port "$lp" \
-  --n_threads "$(nproc)" --n_ctx 8192 >"$tmp/llama.log" 2>&1 &
+  --n_threads "$(nproc)" --n_ctx 8192 --interrupt_requests False >"$tmp/llama.log" 2>&1 &
 pids+=($!)
 
 wait_up() {

@@ -46,6 +46,12 @@ for label in ["prefill", "c1", "c8", "c32"]:
     for metric, q in [("ttft_ms", "p50"), ("ttft_ms", "p99"), ("itl_ms", "p50"), ("itl_ms", "p99")]:
         rows.append((f"c={c} {metric.replace('_ms', '')} {q} ms", pct(s, metric, q), pct(l, metric, q), False))
 
+# A server that returns fewer tokens than forced is not doing the same work: say so.
+for server in ["stator", "llama.cpp"]:
+    for label in ["c1", "c8", "c32"]:
+        x = summary(server, label)
+        if x and x["output_tokens"] != 64 * x["succeeded"]:
+            print(f"WARNING: {server} {label}: {x['output_tokens']} output tokens for {x['succeeded']} requests (expected {64 * x['succeeded']})")
 print(f"{'figure':<44} {'stator':>12} {'llama.cpp':>12} {'stator advantage':>17}")
 for name, a, b, hib in rows:
     print(f"{name:<44} {fmt(a):>12} {fmt(b):>12} {ratio(a, b, hib):>17}")
