@@ -7,26 +7,10 @@ use std::time::Duration;
 
 use stator_tests::*;
 
-fn default_model() -> Option<PathBuf> {
-    let dir = std::env::var_os("STATOR_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-                });
-            cache.join("stator/models")
-        });
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.exists().then_some(p)
-}
-
 /// A one-peer cluster serving SmolLM2. Panics (fails the test) when the model is missing: CI
 /// installs it with tools/fetch-model.sh, and a silently skipped test proves nothing.
 fn serving_peer(root: &std::path::Path) -> Peer {
-    let model =
-        default_model().expect("the default model is not installed: run tools/fetch-model.sh");
+    let model = default_model();
     let mut p = Peer::new(root, "serve");
     p.extra_args = vec![
         "--model".into(),

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use stator_raft::model::WorkerRole;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -104,6 +105,25 @@ pub struct PeerArgs {
     /// Node labels, KEY=VALUE (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+
+    /// Serve the OpenAI API from the cluster's workers under request leases (requests move to
+    /// another worker, token-exact, when theirs dies) instead of from this peer's engine only.
+    #[arg(long)]
+    pub request_leases: bool,
+
+    /// Role of this peer's worker: aggregated, prefill or decode.
+    #[arg(long, default_value = "aggregated", value_parser = parse_role)]
+    pub role: WorkerRole,
+
+    /// Times a request may move to another worker before it fails.
+    #[arg(long, default_value_t = 3)]
+    pub migration_limit: u32,
+
+    /// A worker without proven quorum contact for this long holds its token streams
+    /// (self-fencing); defaults to half of --down-after-ms, so that a peer frozen long enough
+    /// to lose its leases is fenced before they move.
+    #[arg(long, value_name = "MS")]
+    pub lease_timeout_ms: Option<u64>,
 
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -314,6 +334,17 @@ pub fn config_file_args(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(args)
+}
+
+fn parse_role(s: &str) -> Result<WorkerRole, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "aggregated" => Ok(WorkerRole::Aggregated),
+        "prefill" => Ok(WorkerRole::Prefill),
+        "decode" => Ok(WorkerRole::Decode),
+        _ => Err(format!(
+            "unknown role {s:?}: use aggregated, prefill or decode"
+        )),
+    }
 }
 
 #[cfg(test)]

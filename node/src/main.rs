@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod ctl;
 mod datadir;
+mod frontend;
 mod http;
 // Lease logic: the leader's reassignment is live; the frontend's stream reconciler is used by
 // remote generation (issue 5), being wired now.
@@ -18,6 +19,7 @@ mod router;
 mod serving;
 mod telemetry;
 mod util;
+mod worker;
 
 use clap::Parser;
 

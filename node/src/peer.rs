@@ -19,10 +19,13 @@ use crate::cli::PeerArgs;
 use crate::cluster::rpc::{Admit, AdmitRequest, Join, JoinRequest};
 use crate::cluster::{self, ClusterConfig};
 use crate::datadir::{random_secret, DataDir, NodeRecord};
+use crate::frontend::{FrontendConfig, RemoteTokenSource};
 use crate::http;
+use crate::openai::TokenSource;
 use crate::serving;
 use crate::telemetry;
 use crate::util::wall_ms;
+use crate::worker::{self, ServedEngine, WorkerConfig};
 
 /// How this start relates to the data dir.
 enum Start {
@@ -153,7 +156,38 @@ pub async fn run(args: PeerArgs) -> Result<()> {
         shutdown_rx.clone(),
     );
 
-    let serving = serving::build(&args.engine).await?;
+    let leased_source = args.request_leases.then(|| {
+        let cfg = FrontendConfig {
+            migration_limit: args.migration_limit,
+            ..FrontendConfig::default()
+        };
+        Arc::new(RemoteTokenSource::new(raft.clone(), endpoint.clone(), cfg))
+            as Arc<dyn TokenSource>
+    });
+    let serving = serving::build(&args.engine, leased_source).await?;
+    if let Some(engine) = &serving.engine {
+        let cfg = WorkerConfig {
+            role: args.role,
+            lease_timeout: Duration::from_millis(
+                args.lease_timeout_ms
+                    .unwrap_or(args.down_after_ms / 2)
+                    .max(1),
+            ),
+            ..WorkerConfig::default()
+        };
+        worker::start(
+            &endpoint,
+            raft.clone(),
+            health.clone(),
+            ServedEngine {
+                handle: engine.clone(),
+                model: serving.model_name.clone(),
+                device: serving.device.clone(),
+            },
+            cfg,
+            shutdown_rx.clone(),
+        );
+    }
     let app = http::App {
         node_id: record.node_id,
         cluster_id: record.cluster_id.clone(),

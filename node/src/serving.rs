@@ -18,7 +18,7 @@ use stator_gpu::random_weights::random_weights;
 use tracing::{info, warn};
 
 use crate::cli::{Device, EngineArgs};
-use crate::openai::{self, ApiState};
+use crate::openai::{self, ApiState, TokenSource};
 
 /// Seed of `--random-weights` models: fixed, so every peer builds the same model.
 const RANDOM_WEIGHTS_SEED: u64 = 0x5747_0001;
@@ -27,9 +27,14 @@ const RANDOM_WEIGHTS_SEED: u64 = 0x5747_0001;
 pub struct Serving {
     pub router: Router,
     pub engine: Option<EngineHandle>,
+    /// Served model name and device of `engine` (empty without one).
+    pub model_name: String,
+    pub device: String,
 }
 
-pub async fn build(args: &EngineArgs) -> Result<Serving> {
+/// `source`: where the API's tokens come from (e.g. cluster workers under leases); `None`
+/// serves straight from this peer's engine.
+pub async fn build(args: &EngineArgs, source: Option<Arc<dyn TokenSource>>) -> Result<Serving> {
     if args.no_model {
         return Ok(no_model("this peer runs without a model (--no-model)"));
     }
@@ -52,27 +57,35 @@ pub async fn build(args: &EngineArgs) -> Result<Serving> {
         }
     };
     let args = args.clone();
-    let (engine, tokenizer, name) = tokio::task::spawn_blocking(move || start_engine(path, &args))
-        .await
-        .context("the model loader panicked")??;
+    let (engine, tokenizer, name, device) =
+        tokio::task::spawn_blocking(move || start_engine(path, &args))
+            .await
+            .context("the model loader panicked")??;
     let context_length = engine.max_model_len();
     let state = Arc::new(ApiState {
-        model_name: name,
+        model_name: name.clone(),
         tokenizer: Arc::new(tokenizer),
         context_length,
-        source: Arc::new(engine.clone()),
+        source: source.unwrap_or_else(|| Arc::new(engine.clone())),
         default_max_tokens: 256.min(context_length),
     });
     Ok(Serving {
         router: openai::router(state),
         engine: Some(engine),
+        model_name: name,
+        device,
     })
 }
 
-fn start_engine(
-    path: PathBuf,
-    args: &EngineArgs,
-) -> Result<(EngineHandle, stator_gpu::tokenizer::Tokenizer, String)> {
+/// The engine, its tokenizer, the served model name and the backend's device.
+type Started = (
+    EngineHandle,
+    stator_gpu::tokenizer::Tokenizer,
+    String,
+    String,
+);
+
+fn start_engine(path: PathBuf, args: &EngineArgs) -> Result<Started> {
     let t0 = std::time::Instant::now();
     let loaded =
         load_model(&path).with_context(|| format!("cannot load the model {}", path.display()))?;
@@ -142,7 +155,7 @@ fn start_engine(
         loaded.tokenizer.eos_ids().to_vec(),
     );
     info!(model = %name, backend = %backend_name, path = %path.display(), context = engine.max_model_len(), load_s = t0.elapsed().as_secs_f64(), "model loaded; engine started");
-    Ok((engine, loaded.tokenizer, name))
+    Ok((engine, loaded.tokenizer, name, backend_name))
 }
 
 /// `auto` becomes the first GPU when CUDA is usable here, else the CPU; an explicit `cuda:N`
@@ -194,6 +207,8 @@ fn no_model(reason: &'static str) -> Serving {
     Serving {
         router,
         engine: None,
+        model_name: String::new(),
+        device: String::new(),
     }
 }
 

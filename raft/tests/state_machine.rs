@@ -45,26 +45,27 @@ async fn applied_state_is_published_and_survives_reopen() {
         let db = open_db(dir.path()).await.expect("open");
         let (_log, mut sm) = open_stores(&db).expect("stores");
         let mut readers = sm.subscribe();
-        let responses = sm
-            .apply(vec![
-                Entry {
-                    log_id: log_id(1),
-                    payload: EntryPayload::Membership(membership.clone()),
-                },
-                normal(
-                    2,
-                    vec![
-                        put("a"),
-                        Command::DeleteMeta {
-                            key: "zz".to_owned(),
-                        },
-                    ],
-                ),
-                normal(3, vec![put("b")]),
-            ])
-            .await
-            .expect("apply");
-        assert_eq!(responses.len(), 3);
+        // Enough entries for the state image to be written (every 256 applied entries); what
+        // comes after the image is re-applied from the log by openraft at start.
+        let mut entries = vec![
+            Entry {
+                log_id: log_id(1),
+                payload: EntryPayload::Membership(membership.clone()),
+            },
+            normal(
+                2,
+                vec![
+                    put("a"),
+                    Command::DeleteMeta {
+                        key: "zz".to_owned(),
+                    },
+                ],
+            ),
+            normal(3, vec![put("b")]),
+        ];
+        entries.extend((4..=300).map(|i| normal(i, vec![put(&format!("k{i}"))])));
+        let responses = sm.apply(entries).await.expect("apply");
+        assert_eq!(responses.len(), 300);
         assert!(responses[0].0.is_empty());
         assert_eq!(responses[1].0[0], Ok(Applied::Done));
         assert_eq!(
@@ -73,17 +74,21 @@ async fn applied_state_is_published_and_survives_reopen() {
         );
         assert!(readers.has_changed().expect("sender alive"));
         let seen = readers.borrow_and_update().clone();
-        assert_eq!(seen.meta.len(), 2);
+        assert_eq!(seen.meta.len(), 299);
         db.flush_async().await.expect("flush");
     }
     let db = open_db(dir.path()).await.expect("reopen");
     let (_log, mut sm) = open_stores(&db).expect("stores");
     let (applied, stored_membership) = sm.applied_state().await.expect("applied state");
-    assert_eq!(applied, Some(log_id(3)));
+    assert_eq!(applied, Some(log_id(300)));
     assert_eq!(stored_membership.log_id(), &Some(log_id(1)));
     assert_eq!(stored_membership.membership(), &membership);
     let state = sm.subscribe().borrow().clone();
-    assert!(state.meta.contains_key("a") && state.meta.contains_key("b"));
+    assert!(
+        state.meta.contains_key("a")
+            && state.meta.contains_key("b")
+            && state.meta.contains_key("k300")
+    );
 }
 
 #[tokio::test]

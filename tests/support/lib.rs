@@ -318,6 +318,27 @@ impl Cluster {
     }
 }
 
+/// The default model as `tools/fetch-model.sh` installs it. Panics when it is missing: CI
+/// installs it, and a silently skipped test proves nothing.
+pub fn default_model() -> PathBuf {
+    let dir = std::env::var_os("STATOR_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+                });
+            cache.join("stator/models")
+        });
+    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "the default model is not installed: run tools/fetch-model.sh"
+    );
+    p
+}
+
 /// Polls `f` until it returns Some or the timeout passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

@@ -59,7 +59,7 @@ mod tests {
         let r = state.apply(&Command::RegisterNode {
             id,
             quic_addr: format!("127.0.0.1:{id}"),
-            http_addr: String::new(),
+            http_addr: format!("127.0.0.1:{}", 8000 + id),
             labels: Default::default(),
             gpus: vec![],
             at_ms: 1,
@@ -99,7 +99,7 @@ mod tests {
             let r = s.apply(&Command::GrantLease {
                 request_id: format!("r{i}"),
                 owner: d1,
-                frontend: 9,
+                frontend: 4,
                 at_ms: 1,
             });
             assert!(r.is_ok());
@@ -108,7 +108,7 @@ mod tests {
             .apply(&Command::GrantLease {
                 request_id: "other".into(),
                 owner: d2,
-                frontend: 9,
+                frontend: 4,
                 at_ms: 1
             })
             .is_ok());
@@ -151,7 +151,7 @@ mod tests {
             .apply(&Command::GrantLease {
                 request_id: "r".into(),
                 owner: d1,
-                frontend: 9,
+                frontend: 4,
                 at_ms: 1
             })
             .is_ok());

@@ -148,6 +148,9 @@ impl From<GenerateError> for ApiError {
             },
             GenerateError::Invalid(message) => Self::invalid_request(message),
             GenerateError::ShuttingDown => Self::unavailable("The server is shutting down."),
+            GenerateError::Unavailable(why) => {
+                Self::unavailable(format!("No worker is available: {why}."))
+            }
         }
     }
 }

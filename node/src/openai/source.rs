@@ -22,6 +22,9 @@ pub enum GenerateError {
     Invalid(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// No worker can take the request right now (no decode worker up, lease not granted).
+    #[error("no worker is available: {0}")]
+    Unavailable(String),
 }
 
 /// Starts generations somewhere and streams their events back.

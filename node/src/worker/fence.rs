@@ -69,7 +69,8 @@ impl Fence {
     }
 }
 
-/// Proves quorum contact every `lease_timeout / 4` (each barrier bounded by the same period).
+/// Proves quorum contact every `lease_timeout / 4`, one barrier at a time; a barrier slower
+/// than `lease_timeout` proves nothing useful and is abandoned.
 pub async fn run_fence(
     raft: Arc<RaftNode>,
     fence: Fence,
@@ -85,7 +86,7 @@ pub async fn run_fence(
             _ = tick.tick() => {}
         }
         let started = Instant::now();
-        match tokio::time::timeout(period, raft.linearizable_barrier()).await {
+        match tokio::time::timeout(lease_timeout, raft.linearizable_barrier()).await {
             Ok(Ok(_)) => fence.confirmed(started),
             Ok(Err(e)) => debug!(error = %e, "quorum barrier failed"),
             Err(_) => debug!("quorum barrier timed out"),

@@ -24,9 +24,10 @@ pub fn standing(
     match state.leases.get(request_id) {
         None if seen_held => LeaseStanding::Lost("the lease was released".into()),
         None => LeaseStanding::NotYet,
-        Some(l) if l.epoch > epoch => {
-            LeaseStanding::Lost(format!("the lease moved to epoch {} ({})", l.epoch, l.owner))
-        }
+        Some(l) if l.epoch > epoch => LeaseStanding::Lost(format!(
+            "the lease moved to epoch {} ({})",
+            l.epoch, l.owner
+        )),
         Some(l) if l.epoch < epoch => LeaseStanding::NotYet,
         Some(l) if l.owner != me => LeaseStanding::Lost(format!(
             "the lease at epoch {epoch} belongs to worker {}",
@@ -60,7 +61,10 @@ mod tests {
 
     #[test]
     fn a_worker_streams_only_for_its_own_lease_at_the_named_epoch() {
-        assert_eq!(standing(&with_lease(ME, 2), "r", ME, 2, false), LeaseStanding::Held);
+        assert_eq!(
+            standing(&with_lease(ME, 2), "r", ME, 2, false),
+            LeaseStanding::Held
+        );
         assert_eq!(
             standing(&with_lease(ME, 1), "r", ME, 2, false),
             LeaseStanding::NotYet,

@@ -17,19 +17,22 @@ use stator_transport::Endpoint;
 use tokio::sync::watch;
 use tracing::error;
 
-pub use fence::{Fence, FenceClock};
-pub use lease_check::{standing, LeaseStanding};
-pub use register::{register_worker, RegisterError};
-pub use service::{serve_generate, GenerateService};
+use fence::Fence;
+use register::register_worker;
+use service::{serve_generate, GenerateService};
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     pub slot: u32,
     pub role: WorkerRole,
-    /// A peer without proven quorum contact for this long stops streaming (self-fencing).
+    /// A peer without proven quorum contact for this long holds its streams (self-fencing).
+    /// Below the leader's `down_after` minus a heartbeat, a peer frozen long enough to lose
+    /// its leases is fenced before they move.
     pub lease_timeout: Duration,
     /// How long a stream waits for its lease to show up in the local state.
     pub lease_wait: Duration,
+    /// A stream held by the fence this long ends and frees its blocks.
+    pub fenced_give_up: Duration,
     /// How long registration keeps retrying before it gives up (and logs).
     pub register_deadline: Duration,
 }
@@ -39,11 +42,21 @@ impl Default for WorkerConfig {
         Self {
             slot: 0,
             role: WorkerRole::Aggregated,
-            lease_timeout: Duration::from_millis(1000),
+            lease_timeout: Duration::from_millis(150),
             lease_wait: Duration::from_secs(2),
+            fenced_give_up: Duration::from_secs(5),
             register_deadline: Duration::from_secs(120),
         }
     }
+}
+
+/// The local engine a worker runs, as announced to the cluster.
+pub struct ServedEngine {
+    pub handle: EngineHandle,
+    /// Served model name.
+    pub model: String,
+    /// Where it runs, e.g. "cpu" or "cuda:0".
+    pub device: String,
 }
 
 /// Starts the worker of this peer's engine: serves `worker.generate` on `endpoint` right away,
@@ -52,9 +65,7 @@ pub fn start(
     endpoint: &Endpoint,
     raft: Arc<RaftNode>,
     health: Arc<crate::cluster::Health>,
-    engine: EngineHandle,
-    model: String,
-    device: String,
+    engine: ServedEngine,
     cfg: WorkerConfig,
     shutdown: watch::Receiver<bool>,
 ) -> WorkerId {
@@ -72,19 +83,20 @@ pub fn start(
     let info = WorkerInfo {
         role: cfg.role,
         state: WorkerState::Active,
-        model,
-        kv_blocks_total: engine.stats().kv_blocks_total as u64,
-        device,
+        model: engine.model,
+        kv_blocks_total: engine.handle.stats().kv_blocks_total as u64,
+        device: engine.device,
     };
     serve_generate(
         endpoint,
         Arc::new(GenerateService {
             raft: raft.clone(),
-            engine,
+            engine: engine.handle,
             me: id,
             fence,
             lease_wait: cfg.lease_wait,
             fence_check: (cfg.lease_timeout / 4).max(Duration::from_millis(10)),
+            fenced_give_up: cfg.fenced_give_up,
         }),
     );
     tokio::spawn(async move {

@@ -28,10 +28,9 @@ pub async fn register_worker(
     deadline: Duration,
 ) -> Result<(), RegisterError> {
     let give_up = tokio::time::Instant::now() + deadline;
-    let mut last = String::from("never tried");
     loop {
-        match health.check(&raft) {
-            Err(why) => last = why,
+        let last = match health.check(&raft) {
+            Err(why) => why,
             Ok(()) => {
                 let cmd = Command::UpsertWorker {
                     id,
@@ -43,13 +42,13 @@ pub async fn register_worker(
                             info!(worker = %id, role = ?info.role, model = %info.model, "worker registered");
                             return Ok(());
                         }
-                        Some(Err(e)) => last = e.to_string(),
-                        None => last = "the write returned no result".into(),
+                        Some(Err(e)) => e.to_string(),
+                        None => "the write returned no result".into(),
                     },
-                    Err(e) => last = e.to_string(),
+                    Err(e) => e.to_string(),
                 }
             }
-        }
+        };
         if tokio::time::Instant::now() >= give_up {
             return Err(RegisterError::TimedOut {
                 id,

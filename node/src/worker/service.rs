@@ -23,8 +23,10 @@ pub struct GenerateService {
     pub fence: Fence,
     /// How long to wait for the local state to show a lease before refusing.
     pub lease_wait: Duration,
-    /// How often the fence is re-checked while the engine is silent (e.g. during prefill).
+    /// How often a fenced stream looks again whether contact is back.
     pub fence_check: Duration,
+    /// A stream fenced this long ends (its blocks are freed); its frontend has moved on.
+    pub fenced_give_up: Duration,
 }
 
 /// Registers the `worker.generate` handler on `endpoint`.
@@ -79,8 +81,8 @@ impl GenerateService {
         if let Err(stop) = self.await_lease(header, &mut state).await {
             return stop;
         }
-        if self.fence.is_fenced() {
-            return Stop::Refused("fenced", "this peer has no recent quorum contact".into());
+        if let Err(stop) = self.hold_while_fenced(header, &mut state).await {
+            return stop;
         }
         let mut request = header.request.clone();
         // The lease key is cluster-unique; the engine tracks requests by it.
@@ -97,7 +99,6 @@ impl GenerateService {
                 };
             }
         };
-        let mut fence_tick = tokio::time::interval(self.fence_check);
         loop {
             let event = tokio::select! {
                 event = events.next() => event,
@@ -110,20 +111,14 @@ impl GenerateService {
                     }
                     continue;
                 }
-                _ = fence_tick.tick() => {
-                    if self.fence.is_fenced() {
-                        return Stop::Refused("fenced", "this peer lost quorum contact".into());
-                    }
-                    continue;
-                }
             };
             let Some(event) = event else {
                 return Stop::Refused("engine", "the engine ended the stream".into());
             };
-            // Checked before every send: a token produced after the lease moved or after this
-            // peer lost contact must never leave it.
-            if self.fence.is_fenced() {
-                return Stop::Refused("fenced", "this peer lost quorum contact".into());
+            // Checked before every send: a token produced after the lease moved, or while this
+            // peer cannot prove its view of the lease is current, must never leave it.
+            if let Err(stop) = self.hold_while_fenced(header, &mut state).await {
+                return stop;
             }
             if let Err(stop) = self.still_held(header, &state.borrow()) {
                 return stop;
@@ -170,6 +165,42 @@ impl GenerateService {
                         header.request_id, header.epoch, self.me, self.lease_wait
                     )));
                 }
+            }
+        }
+    }
+
+    /// Holds the stream (the engine keeps its tokens) while this peer is fenced. Contact coming
+    /// back proves the local state is current, so the lease check that follows it is decisive:
+    /// a lease that moved during a freeze ends the stream without one more token sent.
+    async fn hold_while_fenced(
+        &self,
+        header: &GenerateHeader,
+        state: &mut watch::Receiver<Arc<ClusterState>>,
+    ) -> Result<(), Stop> {
+        if !self.fence.is_fenced() {
+            return Ok(());
+        }
+        metrics::counter!("stator_worker_fence_holds_total").increment(1);
+        let give_up = tokio::time::Instant::now() + self.fenced_give_up;
+        loop {
+            // Fence first, then the state: contact proven before this look implies the state
+            // read below includes every lease change committed before that contact.
+            let unfenced = !self.fence.is_fenced();
+            self.still_held(header, &state.borrow_and_update())?;
+            if unfenced {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(Stop::Refused(
+                    "fenced",
+                    format!("no quorum contact for {:?}", self.fenced_give_up),
+                ));
+            }
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() {
+                    return Err(Stop::Refused("shutdown", "the peer is shutting down".into()));
+                },
+                _ = tokio::time::sleep(self.fence_check) => {}
             }
         }
     }

@@ -49,7 +49,15 @@ pub struct SledStateMachine {
     state: Arc<ClusterState>,
     published: watch::Sender<Arc<ClusterState>>,
     snapshot_seq: Arc<AtomicU64>,
+    /// Entries applied since the state image was last written to sled.
+    unpersisted: u64,
 }
+
+/// The state image is written every this many applied entries, not on every apply: writing
+/// it costs O(state) and dominated the write path. Entries applied after the image are still
+/// in the log (purging keeps `max_in_snapshot_log_to_keep` = 1000 entries behind the latest
+/// snapshot, more than this), so openraft re-applies them at start.
+const PERSIST_EVERY_ENTRIES: u64 = 256;
 
 impl SledStateMachine {
     pub(crate) fn open(sm: sled::Tree, snapshots: sled::Tree) -> StorageResult<Self> {
@@ -61,6 +69,11 @@ impl SledStateMachine {
                 state: ClusterState::default(),
             },
         };
+        // The snapshot may be newer than the last written image: start from whichever is.
+        let record = match newer_snapshot(&snapshots, record.last_applied)? {
+            Some(from_snapshot) => from_snapshot,
+            None => record,
+        };
         let state = Arc::new(record.state);
         let (published, _) = watch::channel(state.clone());
         Ok(Self {
@@ -71,6 +84,7 @@ impl SledStateMachine {
             state,
             published,
             snapshot_seq: Arc::new(AtomicU64::new(0)),
+            unpersisted: 0,
         })
     }
 
@@ -79,7 +93,8 @@ impl SledStateMachine {
         self.published.subscribe()
     }
 
-    fn persist(&self) -> StorageResult<()> {
+    fn persist(&mut self) -> StorageResult<()> {
+        self.unpersisted = 0;
         let record = AppliedRecordRef {
             last_applied: &self.last_applied,
             last_membership: &self.last_membership,
@@ -95,6 +110,32 @@ impl SledStateMachine {
     fn publish(&self) {
         self.published.send_replace(self.state.clone());
     }
+}
+
+/// The state stored with the current snapshot, when it is newer than `applied`.
+fn newer_snapshot(
+    snapshots: &sled::Tree,
+    applied: Option<LogId<NodeId>>,
+) -> StorageResult<Option<AppliedRecord>> {
+    let meta = snapshots
+        .get(SNAPSHOT_META_KEY)
+        .map_err(|e| read_snapshot(&e))?;
+    let data = snapshots
+        .get(SNAPSHOT_DATA_KEY)
+        .map_err(|e| read_snapshot(&e))?;
+    let (Some(meta), Some(data)) = (meta, data) else {
+        return Ok(None);
+    };
+    let meta: SnapshotMeta<NodeId, PeerAddr> = decode(&meta).map_err(|e| read_snapshot(&e))?;
+    if meta.last_log_id <= applied {
+        return Ok(None);
+    }
+    let state: ClusterState = decode(&data).map_err(|e| read_snapshot(&e))?;
+    Ok(Some(AppliedRecord {
+        last_applied: meta.last_log_id,
+        last_membership: meta.last_membership,
+        state,
+    }))
 }
 
 fn read_sm(e: &dyn std::error::Error) -> StorageIOError<NodeId> {
@@ -192,8 +233,11 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
                 }
             };
             responses.push(response);
+            self.unpersisted += 1;
         }
-        self.persist()?;
+        if self.unpersisted >= PERSIST_EVERY_ENTRIES {
+            self.persist()?;
+        }
         self.publish();
         Ok(responses)
     }

@@ -14,7 +14,9 @@ use clusterbench::run::{run, Settings};
 use clusterbench::trials::TrialSettings;
 
 #[derive(Parser, Debug)]
-#[command(about = "Write throughput/latency, failover and failure detection: stator vs etcd, 3 members each")]
+#[command(
+    about = "Write throughput/latency, failover and failure detection: stator vs etcd, 3 members each"
+)]
 struct Args {
     /// The `stator` binary (build it with --release).
     #[arg(long, default_value = "target/release/stator")]
@@ -28,6 +30,9 @@ struct Args {
     /// Concurrent writers, one measurement per value.
     #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
     writers: Vec<usize>,
+    /// Distinct keys the writers cycle through (the replicated state holds this many).
+    #[arg(long, default_value_t = clusterbench::load::DEFAULT_KEY_SPACE)]
+    key_space: u64,
     #[arg(long, default_value_t = 1.0)]
     warmup_s: f64,
     #[arg(long, default_value_t = 1.0)]
@@ -53,26 +58,38 @@ struct Args {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     if args.writers.is_empty() || args.writers.contains(&0) {
         bail!("--writers needs positive counts");
     }
+    if !(1..=1_000_000).contains(&args.key_space) {
+        bail!("--key-space must be between 1 and 1000000");
+    }
     if args.windows == 0 || args.window_s <= 0.0 || args.warmup_s < 0.0 {
         bail!("--windows and --window-s must be positive, --warmup-s not negative");
     }
     if !args.stator_bin.is_file() {
-        bail!("{} not found: cargo build --release -p stator --bin stator", args.stator_bin.display());
+        bail!(
+            "{} not found: cargo build --release -p stator --bin stator",
+            args.stator_bin.display()
+        );
     }
     if !args.skip_etcd && !args.etcd_bin.is_file() {
-        bail!("{} not found: apt-get install -y etcd-server, or pass --skip-etcd", args.etcd_bin.display());
+        bail!(
+            "{} not found: apt-get install -y etcd-server, or pass --skip-etcd",
+            args.etcd_bin.display()
+        );
     }
     let settings = Settings {
         stator_bin: args.stator_bin,
         etcd_bin: (!args.skip_etcd).then_some(args.etcd_bin),
         writers: args.writers,
+        key_space: args.key_space,
         warmup_s: args.warmup_s,
         window_s: args.window_s,
         windows: args.windows,
@@ -87,7 +104,9 @@ fn main() -> Result<()> {
         out: args.out,
         plot_font: args.plot_font,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let table = runtime.block_on(run(&settings))?;
     println!("{table}");
     Ok(())

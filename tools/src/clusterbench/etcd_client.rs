@@ -44,7 +44,9 @@ impl EtcdConnection {
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, GrpcError> {
         let failed = |reason: String| GrpcError::Connect { addr, reason };
         let handshake = async {
-            let tcp = TcpStream::connect(addr).await.map_err(|e| failed(e.to_string()))?;
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
             tcp.set_nodelay(true).map_err(|e| failed(e.to_string()))?;
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
                 .await
@@ -58,25 +60,43 @@ impl EtcdConnection {
                 tracing::debug!(%addr, error = %e, "etcd connection closed");
             }
         });
-        Ok(Self { base: format!("http://{addr}"), sender })
+        Ok(Self {
+            base: format!("http://{addr}"),
+            sender,
+        })
     }
 
     pub async fn put(&self, key: &[u8], value: &[u8], timeout: Duration) -> Result<(), GrpcError> {
-        self.unary("/etcdserverpb.KV/Put", wire::put_request(key, value), timeout).await.map(drop)
+        self.unary(
+            "/etcdserverpb.KV/Put",
+            wire::put_request(key, value),
+            timeout,
+        )
+        .await
+        .map(drop)
     }
 
     /// A linearizable get; succeeds only when the member is connected to a working leader.
     pub async fn get(&self, key: &[u8], timeout: Duration) -> Result<(), GrpcError> {
-        self.unary("/etcdserverpb.KV/Range", wire::range_request(key), timeout).await.map(drop)
+        self.unary("/etcdserverpb.KV/Range", wire::range_request(key), timeout)
+            .await
+            .map(drop)
     }
 
     /// (this member's id, the leader it knows of).
     pub async fn status(&self, timeout: Duration) -> Result<(Option<u64>, Option<u64>), GrpcError> {
-        let message = self.unary("/etcdserverpb.Maintenance/Status", Bytes::new(), timeout).await?;
+        let message = self
+            .unary("/etcdserverpb.Maintenance/Status", Bytes::new(), timeout)
+            .await?;
         Ok(wire::status_member_and_leader(&message)?)
     }
 
-    async fn unary(&self, path: &str, message: Bytes, timeout: Duration) -> Result<Bytes, GrpcError> {
+    async fn unary(
+        &self,
+        path: &str,
+        message: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, GrpcError> {
         tokio::time::timeout(timeout, self.unary_unbounded(path, message))
             .await
             .map_err(|_| GrpcError::Timeout(timeout))?
@@ -115,5 +135,8 @@ fn grpc_status(headers: &HeaderMap) -> Option<Result<(), GrpcError>> {
         .and_then(|m| m.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    Some(Err(GrpcError::Status { code: code.to_string(), message }))
+    Some(Err(GrpcError::Status {
+        code: code.to_string(),
+        message,
+    }))
 }

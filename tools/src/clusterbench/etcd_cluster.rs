@@ -30,8 +30,11 @@ impl EtcdCluster {
         for _ in 0..size {
             ports.push((free_port(false)?, free_port(false)?));
         }
-        let initial_cluster: Vec<String> =
-            ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
+        let initial_cluster: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
         let mut processes = Vec::new();
         for (index, (client, peer)) in ports.iter().enumerate() {
             let client_url = format!("http://127.0.0.1:{client}");
@@ -56,20 +59,45 @@ impl EtcdCluster {
                 "--initial-cluster-state".into(),
                 "new".into(),
             ];
-            let mut process = MemberProcess::new(&format!("etcd{index}"), binary, args, Vec::new(), root);
+            let mut process =
+                MemberProcess::new(&format!("etcd{index}"), binary, args, Vec::new(), root);
             process.start()?;
-            processes.push((process, format!("127.0.0.1:{client}").parse::<SocketAddr>()?));
+            processes.push((
+                process,
+                format!("127.0.0.1:{client}").parse::<SocketAddr>()?,
+            ));
         }
         let mut members = Vec::new();
         let mut connections = Vec::new();
         for (process, client_addr) in processes {
             let connection = connect_when_ready(client_addr, &process).await?;
-            let (member_id, _) = connection.status(PROBE_TIMEOUT).await?;
-            let member_id = member_id.ok_or_else(|| anyhow!("{} status has no member id", process.name))?;
-            members.push(EtcdMember { process, client_addr, member_id });
+            // A member answers Status only once the cluster has formed.
+            let member_id = poll_until(START_TIMEOUT, Duration::from_millis(20), || async {
+                connection
+                    .status(PROBE_TIMEOUT)
+                    .await
+                    .ok()
+                    .and_then(|(member, _)| member)
+            })
+            .await
+            .ok_or_else(|| {
+                anyhow!(
+                    "{} gave no member id:\n{}",
+                    process.name,
+                    process.log_tail(20)
+                )
+            })?;
+            members.push(EtcdMember {
+                process,
+                client_addr,
+                member_id,
+            });
             connections.push(connection);
         }
-        let cluster = Self { members, connections };
+        let cluster = Self {
+            members,
+            connections,
+        };
         for index in 0..size {
             cluster.wait_serving(index, START_TIMEOUT).await?;
         }
@@ -107,12 +135,19 @@ impl EtcdCluster {
     pub async fn wait_serving(&self, member: usize, timeout: Duration) -> Result<()> {
         let connection = &self.connections[member];
         poll_until(timeout, Duration::from_millis(20), || async {
-            connection.get(b"clusterbench-probe", PROBE_TIMEOUT).await.ok()
+            connection
+                .get(b"clusterbench-probe", PROBE_TIMEOUT)
+                .await
+                .ok()
         })
         .await
         .ok_or_else(|| {
             let p = &self.members[member].process;
-            anyhow!("{} not serving within {timeout:?}:\n{}", p.name, p.log_tail(20))
+            anyhow!(
+                "{} not serving within {timeout:?}:\n{}",
+                p.name,
+                p.log_tail(20)
+            )
         })
     }
 
@@ -131,6 +166,10 @@ async fn connect_when_ready(addr: SocketAddr, process: &MemberProcess) -> Result
     .await
     {
         Some(connection) => Ok(connection),
-        None => bail!("{} accepts no connection on {addr}:\n{}", process.name, process.log_tail(20)),
+        None => bail!(
+            "{} accepts no connection on {addr}:\n{}",
+            process.name,
+            process.log_tail(20)
+        ),
     }
 }

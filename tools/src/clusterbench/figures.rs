@@ -15,7 +15,12 @@ pub struct Completion {
 }
 
 /// Acknowledged writes per second in each of `windows` windows after `warmup_s`.
-pub fn windowed_throughput(completions: &[Completion], warmup_s: f64, window_s: f64, windows: usize) -> Vec<f64> {
+pub fn windowed_throughput(
+    completions: &[Completion],
+    warmup_s: f64,
+    window_s: f64,
+    windows: usize,
+) -> Vec<f64> {
     let mut counts = vec![0u64; windows];
     for c in completions.iter().filter(|c| c.ok && c.end_s >= warmup_s) {
         let slot = ((c.end_s - warmup_s) / window_s).floor() as usize;
@@ -111,7 +116,12 @@ pub struct TrialFigure {
 }
 
 impl TrialFigure {
-    pub fn new(system: SystemKind, what: &str, trials: &[Option<f64>], target_p99_ms: Option<f64>) -> Self {
+    pub fn new(
+        system: SystemKind,
+        what: &str,
+        trials: &[Option<f64>],
+        target_p99_ms: Option<f64>,
+    ) -> Self {
         let trials_ms: Vec<f64> = trials.iter().flatten().copied().collect();
         Self {
             system,
@@ -141,12 +151,23 @@ pub fn render_table(writes: &[WriteFigure], trials: &[TrialFigure]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "{:<7} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>11} {:>11}\n",
-        "system", "writers", "w/s p50", "w/s p1", "lat p50", "lat p99", "acked", "failed", "x etcd w/s", "x etcd p99"
+        "system",
+        "writers",
+        "w/s p50",
+        "w/s p1",
+        "lat p50",
+        "lat p99",
+        "acked",
+        "failed",
+        "x etcd w/s",
+        "x etcd p99"
     ));
     for figure in writes {
-        let etcd = writes
-            .iter()
-            .find(|f| f.system == SystemKind::Etcd && f.writers == figure.writers && figure.system != SystemKind::Etcd);
+        let etcd = writes.iter().find(|f| {
+            f.system == SystemKind::Etcd
+                && f.writers == figure.writers
+                && figure.system != SystemKind::Etcd
+        });
         let tput = figure.throughput.map(|t| t.p50);
         let p99 = figure.latency_ms.map(|l| l.p99);
         out.push_str(&format!(
@@ -159,8 +180,14 @@ pub fn render_table(writes: &[WriteFigure], trials: &[TrialFigure]) -> String {
             cell(p99, 2),
             figure.acknowledged,
             figure.failed,
-            cell(etcd.and_then(|e| ratio(tput, e.throughput.map(|t| t.p50))), 2),
-            cell(etcd.and_then(|e| ratio(p99, e.latency_ms.map(|l| l.p99))), 2),
+            cell(
+                etcd.and_then(|e| ratio(tput, e.throughput.map(|t| t.p50))),
+                2
+            ),
+            cell(
+                etcd.and_then(|e| ratio(p99, e.latency_ms.map(|l| l.p99))),
+                2
+            ),
         ));
     }
     out.push('\n');
@@ -178,7 +205,9 @@ pub fn render_table(writes: &[WriteFigure], trials: &[TrialFigure]) -> String {
             cell(figure.summary_ms.map(|s| s.p50), 1),
             cell(figure.summary_ms.map(|s| s.p99), 1),
             cell(figure.summary_ms.map(|s| s.max), 1),
-            figure.target_p99_ms.map_or_else(|| "-".to_string(), |t| format!("<= {t:.0}")),
+            figure
+                .target_p99_ms
+                .map_or_else(|| "-".to_string(), |t| format!("<= {t:.0}")),
         ));
     }
     out
@@ -189,7 +218,11 @@ mod tests {
     use super::*;
 
     fn done(end_s: f64, latency_ms: f64, ok: bool) -> Completion {
-        Completion { end_s, latency_ms, ok }
+        Completion {
+            end_s,
+            latency_ms,
+            ok,
+        }
     }
 
     #[test]
@@ -202,20 +235,32 @@ mod tests {
             done(2.9, 1.0, true),
             done(3.0, 1.0, true), // after the last window
         ];
-        assert_eq!(windowed_throughput(&completions, 1.0, 1.0, 2), vec![2.0, 1.0]);
-        assert_eq!(windowed_throughput(&completions, 1.0, 0.5, 4), vec![4.0, 0.0, 0.0, 2.0]);
+        assert_eq!(
+            windowed_throughput(&completions, 1.0, 1.0, 2),
+            vec![2.0, 1.0]
+        );
+        assert_eq!(
+            windowed_throughput(&completions, 1.0, 0.5, 4),
+            vec![4.0, 0.0, 0.0, 2.0]
+        );
     }
 
     #[test]
     fn write_figure_reports_failures_and_latency_of_the_measured_span() {
-        let mut completions: Vec<Completion> = (0..100).map(|i| done(1.0 + i as f64 / 100.0, i as f64, true)).collect();
+        let mut completions: Vec<Completion> = (0..100)
+            .map(|i| done(1.0 + i as f64 / 100.0, i as f64, true))
+            .collect();
         completions.push(done(1.5, 9999.0, false));
         completions.push(done(0.1, 5000.0, true));
-        let figure = WriteFigure::from_completions(SystemKind::Stator, 16, &completions, 1.0, 1.0, 1);
+        let figure =
+            WriteFigure::from_completions(SystemKind::Stator, 16, &completions, 1.0, 1.0, 1);
         assert_eq!(figure.acknowledged, 100);
         assert_eq!(figure.failed, 1);
         let latency = figure.latency_ms.unwrap();
-        assert_eq!(latency.max, 99.0, "warm-up and failed writes stay out of the latency figure");
+        assert_eq!(
+            latency.max, 99.0,
+            "warm-up and failed writes stay out of the latency figure"
+        );
         assert_eq!(figure.throughput.unwrap().p50, 100.0);
     }
 
@@ -225,7 +270,11 @@ mod tests {
         windows.push(10.0);
         let figure = ThroughputFigure::of(&windows).unwrap();
         assert_eq!(figure.p50, 1000.0);
-        assert!(figure.p1 < 1000.0, "a stalled window must show in the tail: {}", figure.p1);
+        assert!(
+            figure.p1 < 1000.0,
+            "a stalled window must show in the tail: {}",
+            figure.p1
+        );
         assert!(ThroughputFigure::of(&[]).is_none());
     }
 
@@ -234,7 +283,9 @@ mod tests {
         let stator = WriteFigure::from_completions(
             SystemKind::Stator,
             1,
-            &(0..400).map(|i| done(1.0 + i as f64 / 400.0, 1.0, true)).collect::<Vec<_>>(),
+            &(0..400)
+                .map(|i| done(1.0 + i as f64 / 400.0, 1.0, true))
+                .collect::<Vec<_>>(),
             1.0,
             1.0,
             1,
@@ -242,16 +293,26 @@ mod tests {
         let etcd = WriteFigure::from_completions(
             SystemKind::Etcd,
             1,
-            &(0..100).map(|i| done(1.0 + i as f64 / 100.0, 2.0, true)).collect::<Vec<_>>(),
+            &(0..100)
+                .map(|i| done(1.0 + i as f64 / 100.0, 2.0, true))
+                .collect::<Vec<_>>(),
             1.0,
             1.0,
             1,
         );
-        let failover = TrialFigure::new(SystemKind::Stator, "failover", &[Some(300.0), None], Some(600.0));
+        let failover = TrialFigure::new(
+            SystemKind::Stator,
+            "failover",
+            &[Some(300.0), None],
+            Some(600.0),
+        );
         assert_eq!(failover.failed_trials, 1);
         let table = render_table(&[stator, etcd], &[failover]);
         let stator_row = table.lines().find(|l| l.starts_with("stator")).unwrap();
-        assert!(stator_row.contains("4.00"), "throughput ratio 400/100: {stator_row}");
+        assert!(
+            stator_row.contains("4.00"),
+            "throughput ratio 400/100: {stator_row}"
+        );
         assert!(stator_row.contains("0.50"), "p99 ratio 1/2: {stator_row}");
         assert!(table.contains("<= 600"));
     }

@@ -8,11 +8,12 @@ use futures::future::join_all;
 use super::figures::Completion;
 use super::target::KvClient;
 
-/// 16-byte keys over a bounded key space, so state size stays flat during a long run.
-pub const KEY_SPACE: u64 = 4096;
+/// Distinct keys by default: bounded, so state size stays flat during a long run.
+pub const DEFAULT_KEY_SPACE: u64 = 4096;
 
-pub fn key_for(sequence: u64) -> String {
-    format!("bench-key-{:06}", sequence % KEY_SPACE)
+/// 16-byte keys; `key_space` (at most 1,000,000) distinct ones.
+pub fn key_for(sequence: u64, key_space: u64) -> String {
+    format!("bench-key-{:06}", sequence % key_space.clamp(1, 1_000_000))
 }
 
 /// 64-byte values.
@@ -21,7 +22,13 @@ pub fn value_for(sequence: u64) -> String {
 }
 
 /// Runs `writers` writers for `duration`; completion times are seconds after the start.
-pub async fn closed_loop(client: &KvClient, writers: usize, duration: Duration, timeout: Duration) -> Vec<Completion> {
+pub async fn closed_loop(
+    client: &KvClient,
+    writers: usize,
+    key_space: u64,
+    duration: Duration,
+    timeout: Duration,
+) -> Vec<Completion> {
     let start = Instant::now();
     let members = client.member_count();
     let per_writer = (0..writers).map(|writer| async move {
@@ -30,7 +37,12 @@ pub async fn closed_loop(client: &KvClient, writers: usize, duration: Duration, 
         while start.elapsed() < duration {
             let sent = Instant::now();
             let result = client
-                .put(writer % members, &key_for(sequence), &value_for(sequence), timeout)
+                .put(
+                    writer % members,
+                    &key_for(sequence, key_space),
+                    &value_for(sequence),
+                    timeout,
+                )
                 .await;
             let finished = Instant::now();
             done.push(Completion {
@@ -48,4 +60,48 @@ pub async fn closed_loop(client: &KvClient, writers: usize, duration: Duration, 
         done
     });
     join_all(per_writer).await.into_iter().flatten().collect()
+}
+
+/// Writes every key once, so each measured level starts with the state at its full size.
+pub async fn prefill(client: &KvClient, key_space: u64, timeout: Duration) -> Result<(), String> {
+    const FILLERS: u64 = 16;
+    let members = client.member_count();
+    let fillers = (0..FILLERS).map(|filler| async move {
+        let mut sequence = filler;
+        while sequence < key_space {
+            client
+                .put(
+                    filler as usize % members,
+                    &key_for(sequence, key_space),
+                    &value_for(sequence),
+                    timeout,
+                )
+                .await
+                .map_err(|e| format!("prefill of key {sequence}: {e}"))?;
+            sequence += FILLERS;
+        }
+        Ok::<(), String>(())
+    });
+    join_all(fillers).await.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_values_have_the_sizes_both_systems_get() {
+        for sequence in [0, 7, 4095, 4096, 123_456_789] {
+            assert_eq!(key_for(sequence, DEFAULT_KEY_SPACE).len(), 16);
+            assert_eq!(value_for(sequence).len(), 64);
+        }
+        assert_eq!(
+            key_for(4096 + 5, 4096),
+            key_for(5, 4096),
+            "the key space is bounded"
+        );
+        let distinct: std::collections::BTreeSet<String> =
+            (0..100).map(|s| key_for(s, 16)).collect();
+        assert_eq!(distinct.len(), 16);
+    }
 }

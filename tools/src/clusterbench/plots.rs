@@ -21,9 +21,12 @@ pub fn register_font(explicit: Option<&Path>) -> Result<()> {
             .iter()
             .map(PathBuf::from)
             .find(|p| p.is_file())
-            .ok_or_else(|| anyhow!("no font for plot labels; pass --plot-font (looked in {FONT_FILES:?})"))?,
+            .ok_or_else(|| {
+                anyhow!("no font for plot labels; pass --plot-font (looked in {FONT_FILES:?})")
+            })?,
     };
-    let bytes = std::fs::read(&path).with_context(|| format!("cannot read font {}", path.display()))?;
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("cannot read font {}", path.display()))?;
     // plotters keeps registered fonts for the life of the process.
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     plotters::style::register_font(FONT, FontStyle::Normal, bytes)
@@ -46,8 +49,16 @@ fn cdf(values: &[f64]) -> Vec<(f64, f64)> {
 
 /// One CDF chart with a line per series; the x axis stops at the largest p99.9 so one outlier
 /// does not flatten the curves.
-pub fn cdf_chart(file: &Path, title: &str, x_label: &str, series: &[(String, &[f64])]) -> Result<()> {
-    let lines: Vec<(String, Vec<(f64, f64)>)> = series.iter().map(|(name, v)| (name.clone(), cdf(v))).collect();
+pub fn cdf_chart(
+    file: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[(String, &[f64])],
+) -> Result<()> {
+    let lines: Vec<(String, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(name, v)| (name.clone(), cdf(v)))
+        .collect();
     let x_max = series
         .iter()
         .filter(|(_, v)| !v.is_empty())
@@ -66,13 +77,23 @@ pub fn cdf_chart(file: &Path, title: &str, x_label: &str, series: &[(String, &[f
             .x_label_area_size(40)
             .y_label_area_size(50)
             .build_cartesian_2d(0.0..(x_max * 1.05).max(1e-3), 0.0..1.0)?;
-        chart.configure_mesh().x_desc(x_label).y_desc("fraction").label_style((FONT, 14)).draw()?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc("fraction")
+            .label_style((FONT, 14))
+            .draw()?;
         for (index, (name, points)) in lines.into_iter().enumerate() {
             let color = Palette99::pick(index).to_rgba();
             chart
-                .draw_series(LineSeries::new(points.into_iter().filter(|(x, _)| *x <= x_max * 1.05), color.stroke_width(2)))?
+                .draw_series(LineSeries::new(
+                    points.into_iter().filter(|(x, _)| *x <= x_max * 1.05),
+                    color.stroke_width(2),
+                ))?
                 .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()

@@ -18,7 +18,13 @@ pub struct MemberProcess {
 }
 
 impl MemberProcess {
-    pub fn new(name: &str, program: &Path, args: Vec<String>, envs: Vec<(String, String)>, log_dir: &Path) -> Self {
+    pub fn new(
+        name: &str,
+        program: &Path,
+        args: Vec<String>,
+        envs: Vec<(String, String)>,
+        log_dir: &Path,
+    ) -> Self {
         Self {
             name: name.to_string(),
             program: program.to_path_buf(),
@@ -63,7 +69,11 @@ impl MemberProcess {
         // SAFETY: kill(2) with a pid this process spawned and has not reaped yet.
         let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         if rc != 0 {
-            bail!("kill -9 {pid} ({}): {}", self.name, std::io::Error::last_os_error());
+            bail!(
+                "kill -9 {pid} ({}): {}",
+                self.name,
+                std::io::Error::last_os_error()
+            );
         }
         Ok(sent)
     }
@@ -108,8 +118,12 @@ where
 
 pub fn free_port(udp: bool) -> Result<u16> {
     Ok(if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port()
+        std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
     } else {
-        std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()
+        std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
     })
 }

@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
 use super::figures::{render_table, TrialFigure, WriteFigure};
-use super::load::closed_loop;
+use super::load::{closed_loop, prefill};
 use super::plots;
 use super::target::{Cluster, SystemKind};
 use super::trials::{detection_trial, failover_trial, TrialSettings};
@@ -18,6 +18,7 @@ pub struct Settings {
     pub stator_bin: PathBuf,
     pub etcd_bin: Option<PathBuf>,
     pub writers: Vec<usize>,
+    pub key_space: u64,
     pub warmup_s: f64,
     pub window_s: f64,
     pub windows: usize,
@@ -39,13 +40,35 @@ pub async fn run(settings: &Settings) -> Result<String> {
         systems.push((SystemKind::Etcd, etcd.clone()));
     }
     for (kind, binary) in systems {
-        let root = tempfile::Builder::new().prefix(&format!("clusterbench-{}-", kind.name())).tempdir()?;
-        eprintln!("[{}] starting 3 members under {}", kind.name(), root.path().display());
+        let root = tempfile::Builder::new()
+            .prefix(&format!("clusterbench-{}-", kind.name()))
+            .tempdir()?;
+        eprintln!(
+            "[{}] starting 3 members under {}",
+            kind.name(),
+            root.path().display()
+        );
         let mut cluster = Cluster::start(kind, &binary, root.path(), CLUSTER_SIZE).await?;
+        prefill(
+            &cluster.client(),
+            settings.key_space,
+            settings.write_timeout,
+        )
+        .await
+        .map_err(|e| anyhow!("{}: {e}", kind.name()))?;
         for &writers in &settings.writers {
-            let duration = Duration::from_secs_f64(settings.warmup_s + settings.window_s * settings.windows as f64);
+            let duration = Duration::from_secs_f64(
+                settings.warmup_s + settings.window_s * settings.windows as f64,
+            );
             eprintln!("[{}] {writers} writers for {duration:?}", kind.name());
-            let completions = closed_loop(&cluster.client(), writers, duration, settings.write_timeout).await;
+            let completions = closed_loop(
+                &cluster.client(),
+                writers,
+                settings.key_space,
+                duration,
+                settings.write_timeout,
+            )
+            .await;
             let figure = WriteFigure::from_completions(
                 kind,
                 writers,
@@ -76,9 +99,14 @@ pub async fn run(settings: &Settings) -> Result<String> {
         if let Cluster::Stator(stator) = &mut cluster {
             let mut detection = Vec::new();
             for trial in 0..settings.trials {
-                let outcome = detection_trial(stator, trial as u64, settings.detection_poll, &settings.trial)
-                    .await
-                    .with_context(|| format!("stator detection trial {trial}"))?;
+                let outcome = detection_trial(
+                    stator,
+                    trial as u64,
+                    settings.detection_poll,
+                    &settings.trial,
+                )
+                .await
+                .with_context(|| format!("stator detection trial {trial}"))?;
                 eprintln!("[stator] detection {trial}: {outcome:?} ms");
                 detection.push(outcome);
             }
@@ -99,18 +127,23 @@ fn environment(settings: &Settings) -> serde_json::Value {
         "etcd_binary": settings.etcd_bin.as_ref().map(|p| p.display().to_string()),
         "key_bytes": 16,
         "value_bytes": 64,
-        "key_space": super::load::KEY_SPACE,
+        "key_space": settings.key_space,
         "unix_time_s": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     })
 }
 
 fn save(path: &Path, value: &impl Serialize) -> Result<()> {
-    std::fs::write(path, serde_json::to_vec_pretty(value)?).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::write(path, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }
 
-fn write_results(settings: &Settings, writes: &[WriteFigure], trials: &[TrialFigure]) -> Result<()> {
+fn write_results(
+    settings: &Settings,
+    writes: &[WriteFigure],
+    trials: &[TrialFigure],
+) -> Result<()> {
     let out = &settings.out;
     std::fs::create_dir_all(out)?;
     let env = environment(settings);
@@ -120,6 +153,7 @@ fn write_results(settings: &Settings, writes: &[WriteFigure], trials: &[TrialFig
             "environment": env,
             "method": {
                 "closed_loop": "each writer keeps one write in flight; writers round-robin over the members",
+                "prefill": "every key written once before the first level, so the state has its full size throughout",
                 "warmup_s": settings.warmup_s,
                 "window_s": settings.window_s,
                 "windows": settings.windows,
@@ -130,7 +164,8 @@ fn write_results(settings: &Settings, writes: &[WriteFigure], trials: &[TrialFig
             "figures": writes,
         }),
     )?;
-    let by_what = |what: &str| -> Vec<&TrialFigure> { trials.iter().filter(|t| t.what == what).collect() };
+    let by_what =
+        |what: &str| -> Vec<&TrialFigure> { trials.iter().filter(|t| t.what == what).collect() };
     save(
         &out.join("cluster-failover.json"),
         &json!({
@@ -157,15 +192,27 @@ fn write_results(settings: &Settings, writes: &[WriteFigure], trials: &[TrialFig
             .map(|f| (f.system.name().to_string(), f.latencies_ms.as_slice()))
             .collect();
         let file = out.join(format!("cluster-write-latency-cdf-{writers}.png"));
-        plots::cdf_chart(&file, &format!("commit latency, {writers} writers"), "latency (ms)", &series)?;
+        plots::cdf_chart(
+            &file,
+            &format!("commit latency, {writers} writers"),
+            "latency (ms)",
+            &series,
+        )?;
         eprintln!("wrote {}", file.display());
     }
     for what in ["failover", "detection"] {
         let figures = by_what(what);
-        let series: Vec<(String, &[f64])> =
-            figures.iter().map(|f| (f.system.name().to_string(), f.trials_ms.as_slice())).collect();
+        let series: Vec<(String, &[f64])> = figures
+            .iter()
+            .map(|f| (f.system.name().to_string(), f.trials_ms.as_slice()))
+            .collect();
         let file = out.join(format!("cluster-{what}-cdf.png"));
-        plots::cdf_chart(&file, &format!("{what}: SIGKILL to recovery"), "ms after SIGKILL", &series)?;
+        plots::cdf_chart(
+            &file,
+            &format!("{what}: SIGKILL to recovery"),
+            "ms after SIGKILL",
+            &series,
+        )?;
         eprintln!("wrote {}", file.display());
     }
     Ok(())

@@ -40,7 +40,13 @@ impl StatorClient {
     }
 
     /// `PUT /admin/v1/meta/{key}`: Ok once the write is committed and applied.
-    pub async fn put(&self, peer: usize, key: &str, value: &str, timeout: Duration) -> Result<(), String> {
+    pub async fn put(
+        &self,
+        peer: usize,
+        key: &str,
+        value: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let (base, token) = &self.peers[peer];
         let response = self
             .http
@@ -50,14 +56,24 @@ impl StatorClient {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| if e.is_timeout() { "timeout".to_string() } else { format!("transport: {e}") })?;
+            .map_err(|e| {
+                if e.is_timeout() {
+                    "timeout".to_string()
+                } else {
+                    format!("transport: {e}")
+                }
+            })?;
         let status = response.status();
         // Read the body so the connection goes back to the pool.
         let body = response.bytes().await.map_err(|e| format!("body: {e}"))?;
         if status.as_u16() == 200 {
             Ok(())
         } else {
-            Err(format!("HTTP {}: {}", status.as_u16(), String::from_utf8_lossy(&body)))
+            Err(format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&body)
+            ))
         }
     }
 
@@ -90,8 +106,12 @@ impl StatorClient {
             .ok_or_else(|| anyhow!("members is not a list: {members}"))?
             .iter()
             .map(|m| {
-                let id = m["id"].as_u64().ok_or_else(|| anyhow!("member without id: {m}"))?;
-                let status = m["status"].as_str().ok_or_else(|| anyhow!("member without status: {m}"))?;
+                let id = m["id"]
+                    .as_u64()
+                    .ok_or_else(|| anyhow!("member without id: {m}"))?;
+                let status = m["status"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("member without status: {m}"))?;
                 Ok((id, status.to_string()))
             })
             .collect()
@@ -132,10 +152,16 @@ impl StatorCluster {
                 "--no-model".into(),
             ];
             if let Some((addr, token)) = &first_quic {
-                args.extend(["--join".to_string(), addr.to_string(), "--token".into(), token.clone()]);
+                args.extend([
+                    "--join".to_string(),
+                    addr.to_string(),
+                    "--token".into(),
+                    token.clone(),
+                ]);
             }
             let envs = vec![("STATOR_LOG".to_string(), "warn".to_string())];
-            let mut process = MemberProcess::new(&format!("stator{index}"), binary, args, envs, root);
+            let mut process =
+                MemberProcess::new(&format!("stator{index}"), binary, args, envs, root);
             process.start()?;
             let base = format!("http://{http}");
             let probe = StatorClient::new(vec![(base.clone(), String::new())])?;
@@ -145,17 +171,28 @@ impl StatorCluster {
             .await
             .is_none()
             {
-                bail!("{} not healthy after {START_TIMEOUT:?}:\n{}", process.name, process.log_tail(30));
+                bail!(
+                    "{} not healthy after {START_TIMEOUT:?}:\n{}",
+                    process.name,
+                    process.log_tail(30)
+                );
             }
             if index == 0 {
-                let token = poll_until(Duration::from_secs(5), Duration::from_millis(25), || async {
-                    process
-                        .log()
-                        .lines()
-                        .find_map(|l| l.trim().strip_prefix("join token:").map(|t| t.trim().to_string()))
-                })
+                let token = poll_until(
+                    Duration::from_secs(5),
+                    Duration::from_millis(25),
+                    || async {
+                        process.log().lines().find_map(|l| {
+                            l.trim()
+                                .strip_prefix("join token:")
+                                .map(|t| t.trim().to_string())
+                        })
+                    },
+                )
                 .await
-                .ok_or_else(|| anyhow!("stator0 printed no join token:\n{}", process.log_tail(30)))?;
+                .ok_or_else(|| {
+                    anyhow!("stator0 printed no join token:\n{}", process.log_tail(30))
+                })?;
                 first_quic = Some((quic, token));
             }
             let token = std::fs::read_to_string(data_dir.join("admin.token"))
@@ -225,9 +262,15 @@ impl StatorCluster {
         })
         .await;
         ready.ok_or_else(|| {
-            let logs: Vec<String> =
-                self.peers.iter().map(|p| format!("--- {} ---\n{}", p.process.name, p.process.log_tail(15))).collect();
-            anyhow!("stator cluster not all up within {timeout:?}\n{}", logs.join("\n"))
+            let logs: Vec<String> = self
+                .peers
+                .iter()
+                .map(|p| format!("--- {} ---\n{}", p.process.name, p.process.log_tail(15)))
+                .collect();
+            anyhow!(
+                "stator cluster not all up within {timeout:?}\n{}",
+                logs.join("\n")
+            )
         })
     }
 }

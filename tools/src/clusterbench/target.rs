@@ -41,7 +41,13 @@ impl KvClient {
     }
 
     /// One write through `member`; Ok only when acknowledged (committed).
-    pub async fn put(&self, member: usize, key: &str, value: &str, timeout: Duration) -> Result<(), String> {
+    pub async fn put(
+        &self,
+        member: usize,
+        key: &str,
+        value: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
         match self {
             KvClient::Stator(c) => c.put(member, key, value, timeout).await,
             KvClient::Etcd(c) => c[member]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use futures::future::select_all;
 
-use super::load::{key_for, value_for};
+use super::load::{key_for, value_for, DEFAULT_KEY_SPACE};
 use super::stator_cluster::StatorCluster;
 use super::target::Cluster;
 
@@ -20,14 +20,23 @@ pub struct TrialSettings {
 }
 
 /// SIGKILL the leader; time until a write through a survivor is acknowledged.
-pub async fn failover_trial(cluster: &mut Cluster, trial: u64, settings: &TrialSettings) -> Result<Option<f64>> {
+pub async fn failover_trial(
+    cluster: &mut Cluster,
+    trial: u64,
+    settings: &TrialSettings,
+) -> Result<Option<f64>> {
     let leader = cluster.leader(settings.settle_timeout).await?;
     let client = cluster.client();
-    let survivors: Vec<usize> = (0..client.member_count()).filter(|&m| m != leader).collect();
+    let survivors: Vec<usize> = (0..client.member_count())
+        .filter(|&m| m != leader)
+        .collect();
     // Connections to the survivors are open before the kill, so the clock measures the cluster.
     for &member in &survivors {
-        let key = key_for(trial);
-        if let Err(e) = client.put(member, &key, &value_for(trial), Duration::from_secs(5)).await {
+        let key = key_for(trial, DEFAULT_KEY_SPACE);
+        if let Err(e) = client
+            .put(member, &key, &value_for(trial), Duration::from_secs(5))
+            .await
+        {
             bail!("write through member {member} failed before the kill: {e}");
         }
     }
@@ -40,7 +49,12 @@ pub async fn failover_trial(cluster: &mut Cluster, trial: u64, settings: &TrialS
                 sequence += 1;
                 let attempt = Instant::now();
                 match client
-                    .put(member, &key_for(sequence), &value_for(sequence), settings.attempt_timeout)
+                    .put(
+                        member,
+                        &key_for(sequence, DEFAULT_KEY_SPACE),
+                        &value_for(sequence),
+                        settings.attempt_timeout,
+                    )
                     .await
                 {
                     Ok(()) => return Instant::now(),
@@ -53,11 +67,20 @@ pub async fn failover_trial(cluster: &mut Cluster, trial: u64, settings: &TrialS
         })
     });
     let recovered = tokio::time::timeout(settings.give_up_after, select_all(writers)).await;
-    let elapsed = recovered.ok().map(|(at, _, _)| at.duration_since(killed_at).as_secs_f64() * 1e3);
+    let elapsed = recovered
+        .ok()
+        .map(|(at, _, _)| at.duration_since(killed_at).as_secs_f64() * 1e3);
     if elapsed.is_none() {
-        tracing::warn!(trial, "{}: no write acknowledged within {:?}", cluster.kind().name(), settings.give_up_after);
+        tracing::warn!(
+            trial,
+            "{}: no write acknowledged within {:?}",
+            cluster.kind().name(),
+            settings.give_up_after
+        );
     }
-    cluster.restart_and_settle(leader, settings.settle_timeout).await?;
+    cluster
+        .restart_and_settle(leader, settings.settle_timeout)
+        .await?;
     Ok(elapsed)
 }
 
@@ -72,7 +95,9 @@ pub async fn detection_trial(
     let Some(leader) = cluster.leader().await else {
         bail!("no stator leader before detection trial {trial}");
     };
-    let followers: Vec<usize> = (0..cluster.client().peer_count()).filter(|&p| p != leader).collect();
+    let followers: Vec<usize> = (0..cluster.client().peer_count())
+        .filter(|&p| p != leader)
+        .collect();
     let victim = followers[trial as usize % followers.len()];
     let victim_id = cluster.node_id(victim);
     let client = cluster.client();
@@ -81,7 +106,10 @@ pub async fn detection_trial(
     let mut detected = None;
     while Instant::now() < deadline {
         if let Ok(statuses) = client.member_statuses(leader).await {
-            if statuses.iter().any(|(id, status)| *id == victim_id && status == "down") {
+            if statuses
+                .iter()
+                .any(|(id, status)| *id == victim_id && status == "down")
+            {
                 detected = Some(killed_at.elapsed().as_secs_f64() * 1e3);
                 break;
             }
@@ -89,7 +117,11 @@ pub async fn detection_trial(
         tokio::time::sleep(poll_every).await;
     }
     if detected.is_none() {
-        tracing::warn!(trial, "stator: follower not marked down within {:?}", settings.give_up_after);
+        tracing::warn!(
+            trial,
+            "stator: follower not marked down within {:?}",
+            settings.give_up_after
+        );
     }
     cluster.restart(victim).await?;
     cluster.wait_all_up(settings.settle_timeout).await?;

@@ -60,7 +60,10 @@ pub fn grpc_unframe(body: &[u8]) -> Result<&[u8], WireError> {
     if body.is_empty() {
         return Ok(body);
     }
-    let header: [u8; 5] = body.get(..5).and_then(|h| h.try_into().ok()).ok_or(WireError::Truncated)?;
+    let header: [u8; 5] = body
+        .get(..5)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(WireError::Truncated)?;
     if header[0] != 0 {
         return Err(WireError::Compressed(header[0]));
     }
@@ -110,14 +113,18 @@ pub fn fields(buf: &[u8]) -> Result<Vec<(u32, FieldValue<'_>)>, WireError> {
         let value = match (key & 7) as u8 {
             0 => FieldValue::Varint(read_varint(buf, &mut at)?),
             1 => FieldValue::Fixed(u64::from_le_bytes(
-                take(buf, &mut at, 8)?.try_into().map_err(|_| WireError::Truncated)?,
+                take(buf, &mut at, 8)?
+                    .try_into()
+                    .map_err(|_| WireError::Truncated)?,
             )),
             2 => {
                 let len = read_varint(buf, &mut at)? as usize;
                 FieldValue::Bytes(take(buf, &mut at, len)?)
             }
             5 => FieldValue::Fixed(u64::from(u32::from_le_bytes(
-                take(buf, &mut at, 4)?.try_into().map_err(|_| WireError::Truncated)?,
+                take(buf, &mut at, 4)?
+                    .try_into()
+                    .map_err(|_| WireError::Truncated)?,
             ))),
             other => return Err(WireError::UnknownWireType(other)),
         };
@@ -165,7 +172,13 @@ mod tests {
         // 300 = 0b10_0101100 -> varint ac 02
         assert_eq!(&encoded[5..8], b"\x12\xac\x02");
         let decoded = fields(&encoded).unwrap();
-        assert_eq!(decoded, vec![(1, FieldValue::Bytes(b"key")), (2, FieldValue::Bytes(&value[..]))]);
+        assert_eq!(
+            decoded,
+            vec![
+                (1, FieldValue::Bytes(b"key")),
+                (2, FieldValue::Bytes(&value[..]))
+            ]
+        );
     }
 
     #[test]
@@ -176,9 +189,15 @@ mod tests {
         assert_eq!(grpc_unframe(&framed).unwrap(), &message[..]);
         assert_eq!(
             grpc_unframe(&framed[..7]),
-            Err(WireError::FrameLength { announced: 5, carried: 2 })
+            Err(WireError::FrameLength {
+                announced: 5,
+                carried: 2
+            })
         );
-        assert_eq!(grpc_unframe(&[1, 0, 0, 0, 0]), Err(WireError::Compressed(1)));
+        assert_eq!(
+            grpc_unframe(&[1, 0, 0, 0, 0]),
+            Err(WireError::Compressed(1))
+        );
         assert_eq!(grpc_unframe(&[0, 0]), Err(WireError::Truncated));
     }
 
@@ -189,7 +208,10 @@ mod tests {
         let mut message = vec![0x0a, header.len() as u8];
         message.extend_from_slice(header);
         message.extend_from_slice(b"\x12\x033.4\x20\xac\x02\x30\x02");
-        assert_eq!(status_member_and_leader(&message).unwrap(), (Some(300), Some(300)));
+        assert_eq!(
+            status_member_and_leader(&message).unwrap(),
+            (Some(300), Some(300))
+        );
         // No leader elected: field absent or zero.
         assert_eq!(status_member_and_leader(b"\x20\x00").unwrap(), (None, None));
     }
@@ -198,6 +220,9 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert_eq!(fields(b"\x0a\x05ab"), Err(WireError::Truncated));
         assert_eq!(fields(b"\x0b"), Err(WireError::UnknownWireType(3)));
-        assert_eq!(fields(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]), Err(WireError::VarintTooLong));
+        assert_eq!(
+            fields(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            Err(WireError::VarintTooLong)
+        );
     }
 }

@@ -1,0 +1,7 @@
+//! The frontend side of remote generation: [`RemoteTokenSource`] runs each request on a worker
+//! of the cluster under a Raft lease, and moves it, token-exact, when that worker goes away.
+
+mod flight;
+mod remote;
+
+pub use remote::{FrontendConfig, RemoteTokenSource};
