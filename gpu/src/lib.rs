@@ -12,6 +12,7 @@ pub mod loader;
 pub mod presets;
 pub mod random_weights;
 pub mod request;
+pub mod rope;
 pub mod sampler;
 pub mod scheduler;
 pub mod tokenizer;

@@ -1,7 +1,7 @@
 //! Rotary position embedding in the Hugging Face "rotate_half" convention: dimension `i` of a
 //! head is rotated together with dimension `i + head_dim / 2`.
 
-use crate::config::{ModelConfig, RopeScaling};
+use crate::config::ModelConfig;
 
 /// Per-pair inverse frequencies of a model, with Llama 3.1 scaling folded in.
 #[derive(Clone, Debug)]
@@ -11,18 +11,9 @@ pub(super) struct RopeFrequencies {
 
 impl RopeFrequencies {
     pub(super) fn new(config: &ModelConfig) -> Self {
-        let half = config.head_dim / 2;
-        let theta = config.rope_theta as f64;
-        let inv_freq = (0..half)
-            .map(|i| {
-                let base = theta.powf(-((2 * i) as f64) / config.head_dim as f64);
-                match &config.rope_scaling {
-                    Some(scaling) => llama3_scaled(base, scaling),
-                    None => base,
-                }
-            })
-            .collect();
-        Self { inv_freq }
+        Self {
+            inv_freq: crate::rope::inverse_frequencies(config),
+        }
     }
 
     pub(super) fn half_dim(&self) -> usize {
@@ -45,23 +36,6 @@ impl RopeFrequencies {
                 *s = angle.sin() as f32;
             }
         }
-    }
-}
-
-/// Llama 3.1: keep high frequencies, divide low ones by `factor`, blend linearly in between.
-fn llama3_scaled(inv_freq: f64, s: &RopeScaling) -> f64 {
-    let original = s.original_max_position_embeddings as f64;
-    let low_freq_wavelen = original / s.low_freq_factor as f64;
-    let high_freq_wavelen = original / s.high_freq_factor as f64;
-    let wavelen = std::f64::consts::TAU / inv_freq;
-    if wavelen < high_freq_wavelen {
-        inv_freq
-    } else if wavelen > low_freq_wavelen {
-        inv_freq / s.factor as f64
-    } else {
-        let smooth = (original / wavelen - s.low_freq_factor as f64)
-            / (s.high_freq_factor as f64 - s.low_freq_factor as f64);
-        (1.0 - smooth) * inv_freq / s.factor as f64 + smooth * inv_freq
     }
 }
 

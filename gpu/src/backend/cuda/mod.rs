@@ -11,7 +11,6 @@ pub mod gemm;
 pub mod kernels;
 pub mod kv_cache;
 pub mod plan;
-pub mod rope;
 pub mod weights;
 
 use std::sync::Arc;
@@ -253,7 +252,7 @@ impl CudaBackend {
         let q_dim = c.num_heads * c.head_dim;
         let qkv_w = q_dim + 2 * c.num_kv_heads * c.head_dim;
         let inter = c.intermediate_size;
-        let inv_freq = rope::inverse_frequencies(c);
+        let inv_freq = crate::rope::inverse_frequencies(c);
         let inv_freq_buf = gpu.alloc(inv_freq.len() * 8, "rope table")?;
         inv_freq_buf.write(&inv_freq)?;
         gpu.synchronize()?;

@@ -1,8 +1,9 @@
-//! Rotary inverse frequencies for the device (f64, with Llama 3.1 scaling folded in). The
-//! angles themselves are formed on the device in f64, like the CPU reference.
+//! Rotary inverse frequencies (f64, with Llama 3.1 scaling folded in), shared by every
+//! backend so they agree to the bit; each backend forms the angles itself, in f64.
 
 use crate::config::{ModelConfig, RopeScaling};
 
+/// One inverse frequency per rotated pair (`head_dim / 2`).
 pub fn inverse_frequencies(config: &ModelConfig) -> Vec<f64> {
     let theta = config.rope_theta as f64;
     (0..config.head_dim / 2)
