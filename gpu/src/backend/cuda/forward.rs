@@ -80,7 +80,23 @@ impl CudaBackend {
             p.max_decode_ctx,
             self.gpu.num_sms as usize,
         );
-        let norm_threads = 256;
+        // RMSNorm of `rows` rows of the residual stream (`row_index`: which rows, or NULL for
+        // all), scaled by `weight`, into `out`.
+        let rms_norm = |rows: usize, row_index: Arg, weight: u64, out: u64| {
+            k.launch(
+                &k.rms_norm,
+                (rows as u32, 1, 1),
+                256,
+                &[
+                    Arg::Ptr(s.hidden.ptr()),
+                    row_index,
+                    Arg::Ptr(weight),
+                    Arg::Ptr(out),
+                    Arg::I32(h as i32),
+                    Arg::F32(c.rms_norm_eps),
+                ],
+            )
+        };
 
         k.launch(
             &k.embed_lookup,
@@ -95,19 +111,7 @@ impl CudaBackend {
         )?;
         for (li, layer) in self.weights.layers.iter().enumerate() {
             let li = li as i32;
-            k.launch(
-                &k.rms_norm,
-                (rows as u32, 1, 1),
-                norm_threads,
-                &[
-                    Arg::Ptr(s.hidden.ptr()),
-                    NULL,
-                    Arg::Ptr(layer.attn_norm.ptr()),
-                    Arg::Ptr(s.normed.ptr()),
-                    Arg::I32(h as i32),
-                    Arg::F32(c.rms_norm_eps),
-                ],
-            )?;
+            rms_norm(rows, NULL, layer.attn_norm.ptr(), s.normed.ptr())?;
             self.linear(
                 s.qkv.ptr(),
                 OutType::F32,
@@ -214,19 +218,7 @@ impl CudaBackend {
                 h,
                 true,
             )?;
-            k.launch(
-                &k.rms_norm,
-                (rows as u32, 1, 1),
-                norm_threads,
-                &[
-                    Arg::Ptr(s.hidden.ptr()),
-                    NULL,
-                    Arg::Ptr(layer.ffn_norm.ptr()),
-                    Arg::Ptr(s.normed.ptr()),
-                    Arg::I32(h as i32),
-                    Arg::F32(c.rms_norm_eps),
-                ],
-            )?;
+            rms_norm(rows, NULL, layer.ffn_norm.ptr(), s.normed.ptr())?;
             self.linear(
                 s.gate_up.ptr(),
                 OutType::Half,
@@ -261,18 +253,11 @@ impl CudaBackend {
             )?;
         }
         if p.logit_rows > 0 {
-            k.launch(
-                &k.rms_norm,
-                (p.logit_rows as u32, 1, 1),
-                norm_threads,
-                &[
-                    Arg::Ptr(s.hidden.ptr()),
-                    m(p.logit_rows_at),
-                    Arg::Ptr(self.weights.final_norm.ptr()),
-                    Arg::Ptr(s.final_normed.ptr()),
-                    Arg::I32(h as i32),
-                    Arg::F32(c.rms_norm_eps),
-                ],
+            rms_norm(
+                p.logit_rows,
+                m(p.logit_rows_at),
+                self.weights.final_norm.ptr(),
+                s.final_normed.ptr(),
             )?;
             self.linear(
                 s.logits.ptr(),

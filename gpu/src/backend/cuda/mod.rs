@@ -156,14 +156,7 @@ impl CudaBackend {
         weights: &ModelWeights,
         opts: CudaOptions,
     ) -> Result<Self, BackendError> {
-        check_config(&config, &opts)?;
-        let gpu = Gpu::open(opts.device)?;
-        let kernels = Kernels::compile(
-            &gpu,
-            config.head_dim,
-            config.num_heads / config.num_kv_heads,
-            opts.dtype,
-        )?;
+        let (gpu, kernels) = Self::open_device(&config, &opts)?;
         let device_weights = DeviceWeights::upload(&gpu, &config, weights, opts.dtype)?;
         Self::assemble(config, opts, gpu, kernels, device_weights)
     }
@@ -175,7 +168,18 @@ impl CudaBackend {
         seed: u64,
         opts: CudaOptions,
     ) -> Result<Self, BackendError> {
-        check_config(&config, &opts)?;
+        let (gpu, kernels) = Self::open_device(&config, &opts)?;
+        let device_weights = DeviceWeights::random(&gpu, &kernels, &config, seed)?;
+        Self::assemble(config, opts, gpu, kernels, device_weights)
+    }
+
+    /// Checks the model against what the kernels support, opens the device and compiles the
+    /// kernels for its architecture.
+    fn open_device(
+        config: &ModelConfig,
+        opts: &CudaOptions,
+    ) -> Result<(Arc<Gpu>, Kernels), BackendError> {
+        check_config(config, opts)?;
         let gpu = Gpu::open(opts.device)?;
         let kernels = Kernels::compile(
             &gpu,
@@ -183,8 +187,7 @@ impl CudaBackend {
             config.num_heads / config.num_kv_heads,
             opts.dtype,
         )?;
-        let device_weights = DeviceWeights::random(&gpu, &kernels, &config, seed)?;
-        Self::assemble(config, opts, gpu, kernels, device_weights)
+        Ok((gpu, kernels))
     }
 
     fn assemble(
