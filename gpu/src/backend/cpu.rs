@@ -119,50 +119,12 @@ impl CpuBackend {
     }
 
     fn validate(&self, batch: &[SeqStep<'_>]) -> Result<(), BackendError> {
-        let block_size = self.cache.layout().block_size;
-        for (i, step) in batch.iter().enumerate() {
-            if step.tokens.is_empty() {
-                return Err(BackendError::InvalidBatch(format!(
-                    "step {i} has no tokens"
-                )));
-            }
-            if let Some(bad) = step
-                .tokens
-                .iter()
-                .find(|&&t| t as usize >= self.config.vocab_size)
-            {
-                return Err(BackendError::InvalidBatch(format!(
-                    "step {i}: token id {bad} is outside the vocabulary ({})",
-                    self.config.vocab_size
-                )));
-            }
-            let end = step
-                .start_pos
-                .checked_add(step.tokens.len())
-                .ok_or_else(|| {
-                    BackendError::InvalidBatch(format!(
-                        "step {i}: start_pos {} overflows",
-                        step.start_pos
-                    ))
-                })?;
-            let needed = end.div_ceil(block_size);
-            if step.block_table.len() < needed {
-                return Err(BackendError::InvalidBatch(format!(
-                    "step {i}: positions 0..{end} need {needed} blocks, block table has {}",
-                    step.block_table.len()
-                )));
-            }
-            if let Some(bad) = step.block_table[..needed]
-                .iter()
-                .find(|&&b| b as usize >= self.cache.num_blocks())
-            {
-                return Err(BackendError::InvalidBatch(format!(
-                    "step {i}: block id {bad} out of range (this backend has {} blocks)",
-                    self.cache.num_blocks()
-                )));
-            }
-        }
-        Ok(())
+        super::validate_steps(
+            batch,
+            self.config.vocab_size,
+            self.cache.num_blocks(),
+            self.cache.layout().block_size,
+        )
     }
 
     /// Fills positions, cache slots, rotary tables and attention work units for the batch.

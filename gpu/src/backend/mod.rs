@@ -94,6 +94,54 @@ pub enum BackendError {
     OutOfMemory(String),
 }
 
+/// Checks what every backend requires of a batch, before anything is written: each step has
+/// tokens inside the vocabulary, its positions do not overflow, and its block table covers
+/// them with block ids inside the cache.
+pub fn validate_steps(
+    batch: &[SeqStep<'_>],
+    vocab_size: usize,
+    num_blocks: usize,
+    block_size: usize,
+) -> Result<(), BackendError> {
+    for (i, step) in batch.iter().enumerate() {
+        if step.tokens.is_empty() {
+            return Err(BackendError::InvalidBatch(format!(
+                "step {i} has no tokens"
+            )));
+        }
+        if let Some(bad) = step.tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(BackendError::InvalidBatch(format!(
+                "step {i}: token id {bad} is outside the vocabulary ({vocab_size})"
+            )));
+        }
+        let end = step
+            .start_pos
+            .checked_add(step.tokens.len())
+            .ok_or_else(|| {
+                BackendError::InvalidBatch(format!(
+                    "step {i}: start_pos {} overflows",
+                    step.start_pos
+                ))
+            })?;
+        let needed = end.div_ceil(block_size.max(1));
+        if step.block_table.len() < needed {
+            return Err(BackendError::InvalidBatch(format!(
+                "step {i}: positions 0..{end} need {needed} blocks, block table has {}",
+                step.block_table.len()
+            )));
+        }
+        if let Some(bad) = step.block_table[..needed]
+            .iter()
+            .find(|&&b| b as usize >= num_blocks)
+        {
+            return Err(BackendError::InvalidBatch(format!(
+                "step {i}: block id {bad} out of range (this backend has {num_blocks} blocks)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A forward-pass implementation owning the KV cache memory.
 pub trait Backend: Send {
     /// Human-readable name ("cpu", "cuda:0").

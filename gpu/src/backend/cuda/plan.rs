@@ -49,38 +49,13 @@ pub fn validate(batch: &[SeqStep<'_>], lim: &Limits) -> Result<(), BackendError>
             lim.max_batch_tokens
         )));
     }
+    super::super::validate_steps(batch, lim.vocab_size, lim.num_blocks, lim.block_size)?;
+    // Positions travel to the kernels as i32 (and doubled in places).
     for (i, step) in batch.iter().enumerate() {
-        if step.tokens.is_empty() {
-            return Err(BackendError::InvalidBatch(format!(
-                "step {i} has no tokens"
-            )));
-        }
-        if let Some(bad) = step.tokens.iter().find(|&&t| t as usize >= lim.vocab_size) {
-            return Err(BackendError::InvalidBatch(format!(
-                "step {i}: token id {bad} is outside the vocabulary ({})",
-                lim.vocab_size
-            )));
-        }
         let end = step.start_pos + step.tokens.len();
         if end > i32::MAX as usize / 2 {
             return Err(BackendError::InvalidBatch(format!(
                 "step {i}: position {end} is too large"
-            )));
-        }
-        let needed = end.div_ceil(lim.block_size);
-        if step.block_table.len() < needed {
-            return Err(BackendError::InvalidBatch(format!(
-                "step {i}: positions 0..{end} need {needed} blocks, block table has {}",
-                step.block_table.len()
-            )));
-        }
-        if let Some(bad) = step.block_table[..needed]
-            .iter()
-            .find(|&&b| b as usize >= lim.num_blocks)
-        {
-            return Err(BackendError::InvalidBatch(format!(
-                "step {i}: block id {bad} out of range (this backend has {} blocks)",
-                lim.num_blocks
             )));
         }
     }
