@@ -1,27 +1,7 @@
 //! The `stator` binary: `stator peer` runs a cluster member, `stator ctl` operates one.
 
-mod admin;
-mod cli;
-mod cluster;
-mod ctl;
-mod datadir;
-mod frontend;
-mod http;
-// Lease logic: the leader's reassignment is live; the frontend's stream reconciler is used by
-// remote generation (issue 5), being wired now.
-#[allow(dead_code)]
-mod leases;
-mod openai;
-mod peer;
-// Wired into remote generation with issue 5; only its unit tests use it until then.
-#[allow(dead_code)]
-mod router;
-mod serving;
-mod telemetry;
-mod util;
-mod worker;
-
 use clap::Parser;
+use stator::{cli, ctl, peer, telemetry};
 
 fn main() -> std::process::ExitCode {
     let argv = match expand_config_file(std::env::args().collect()) {

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::remote::Shared;
 use crate::leases::stream::{Offer, StreamReconciler};
+use crate::router::Decision;
 use crate::worker::wire::{GenerateHeader, WorkerFrame, GENERATE_STREAM};
 
 /// Where the lease of a request stands in the replicated state, seen from its frontend.
@@ -55,6 +56,8 @@ pub(super) struct Flight {
     request_id: String,
     owner: WorkerId,
     epoch: u64,
+    /// The prefill worker for the first attempt; a resumed stream re-prefills on its owner.
+    prefill: Option<WorkerId>,
     request: GenerateRequest,
     delivered: Vec<u32>,
     reconciler: StreamReconciler,
@@ -65,15 +68,16 @@ impl Flight {
     pub fn new(
         shared: Arc<Shared>,
         request_id: String,
-        owner: WorkerId,
+        decision: Decision,
         epoch: u64,
         request: GenerateRequest,
     ) -> Self {
         Self {
             shared,
             request_id,
-            owner,
+            owner: decision.decode,
             epoch,
+            prefill: decision.prefill,
             delivered: request.generated.clone(),
             reconciler: {
                 let mut r = StreamReconciler::new(epoch);
@@ -128,6 +132,7 @@ impl Flight {
 
     fn adopt(&mut self, owner: WorkerId, epoch: u64) {
         self.owner = owner;
+        self.prefill = None;
         self.epoch = epoch;
         self.reconciler.advance_epoch(epoch);
     }
@@ -168,6 +173,7 @@ impl Flight {
             request_id: self.request_id.clone(),
             epoch: self.epoch,
             request,
+            prefill: self.prefill,
         };
         if let Err(e) = send.send(&header).await {
             return Attempt::Broken("connect", e.to_string());
@@ -299,7 +305,8 @@ impl Flight {
         let new_owner = self
             .shared
             .route(self.request.prompt.len(), Some(self.owner))
-            .map_err(|_| "no other worker is available".to_string())?;
+            .map_err(|_| "no other worker is available".to_string())?
+            .decode;
         let cmd = Command::ReassignLease {
             request_id: self.request_id.clone(),
             new_owner,

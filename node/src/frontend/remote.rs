@@ -19,7 +19,7 @@ use tracing::warn;
 
 use super::flight::Flight;
 use crate::openai::source::{EngineEvents, GenerateError, TokenSource};
-use crate::router::{Router, RouterConfig};
+use crate::router::{Decision, Router, RouterConfig};
 use crate::util::wall_ms;
 
 #[derive(Clone, Debug)]
@@ -90,7 +90,8 @@ impl TokenSource for RemoteTokenSource {
             let seq = shared.next_lease.fetch_add(1, Ordering::Relaxed);
             // The API's ids are only unique per peer; a lease key must be unique cluster-wide.
             let request_id = format!("{}/{}/{}", shared.node_id, seq, req.id);
-            let owner = shared.route(req.prompt.len(), None)?;
+            let decision = shared.route(req.prompt.len(), None)?;
+            let owner = decision.decode;
             let epoch = match shared.grant(&request_id, owner).await {
                 Ok(epoch) => epoch,
                 Err(e) => {
@@ -100,7 +101,7 @@ impl TokenSource for RemoteTokenSource {
             };
             metrics::gauge!("stator_leases_active").increment(1.0);
             let (tx, rx) = mpsc::channel(shared.cfg.buffer.max(1));
-            let flight = Flight::new(shared.clone(), request_id, owner, epoch, req);
+            let flight = Flight::new(shared.clone(), request_id, decision, epoch, req);
             tokio::spawn(flight.fly(tx));
             Ok(stream::unfold(rx, |mut rx| async move {
                 let event = rx.recv().await?;
@@ -129,23 +130,21 @@ pub(super) fn routable_workers(state: &ClusterState) -> Vec<(WorkerId, WorkerRol
 }
 
 impl Shared {
-    /// Picks a worker for a prompt of `prompt_len` tokens, never `exclude`.
+    /// Picks the workers for a prompt of `prompt_len` tokens, never `exclude` as the decode
+    /// worker.
     pub(super) fn route(
         &self,
         prompt_len: usize,
         exclude: Option<WorkerId>,
-    ) -> Result<WorkerId, GenerateError> {
+    ) -> Result<Decision, GenerateError> {
         let mut workers = routable_workers(&self.raft.state().borrow());
         workers.retain(|(id, _)| Some(*id) != exclude);
         let mut router = self.router.lock();
         router.set_workers(workers);
-        router
-            .route(&[], prompt_len, 0.0)
-            .map(|d| d.decode)
-            .map_err(|e| {
-                warn!(error = %e, "no worker for a request");
-                GenerateError::Unavailable(e.to_string())
-            })
+        router.route(&[], prompt_len, 0.0).map_err(|e| {
+            warn!(error = %e, "no worker for a request");
+            GenerateError::Unavailable(e.to_string())
+        })
     }
 
     /// Gives back this frontend's in-flight accounting for a request routed to `worker`.

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use stator_gpu::request::{EngineEvent, GenerateRequest};
+use stator_raft::model::WorkerId;
 
 /// Name of the raw stream the worker serves.
 pub const GENERATE_STREAM: &str = "worker.generate";
@@ -13,6 +14,9 @@ pub struct GenerateHeader {
     pub request_id: String,
     pub epoch: u64,
     pub request: GenerateRequest,
+    /// The router's choice of a prefill worker: the owner pulls the prompt's KV from it
+    /// instead of computing it. `None`: the owner prefills (short prompt, or a resumed stream).
+    pub prefill: Option<WorkerId>,
 }
 
 /// The worker's frames: engine events, or one refusal that ends the stream.
