@@ -125,6 +125,20 @@ pub struct PeerArgs {
     #[arg(long, value_name = "MS")]
     pub lease_timeout_ms: Option<u64>,
 
+    /// Prompts whose part not cached on the decode worker is shorter than this many tokens are
+    /// prefilled on the decode worker itself instead of on a prefill worker.
+    #[arg(long, value_name = "TOKENS", default_value_t = 512)]
+    pub disagg_min_tokens: usize,
+
+    /// Router weight of a worker's uncached prompt blocks against its active blocks
+    /// (cost = w * uncached_blocks + active_blocks).
+    #[arg(long, value_name = "W", default_value_t = 1.0)]
+    pub router_overlap_weight: f64,
+
+    /// 0 routes to the lowest cost; above 0 samples workers with softmax(-cost / T).
+    #[arg(long, value_name = "T", default_value_t = 0.0)]
+    pub router_temperature: f64,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 }

@@ -22,6 +22,7 @@ use crate::datadir::{random_secret, DataDir, NodeRecord};
 use crate::frontend::{FrontendConfig, RemoteTokenSource};
 use crate::http;
 use crate::openai::TokenSource;
+use crate::router::RouterConfig;
 use crate::serving;
 use crate::telemetry;
 use crate::util::wall_ms;
@@ -159,6 +160,12 @@ pub async fn run(args: PeerArgs) -> Result<()> {
     let leased_source = args.request_leases.then(|| {
         let cfg = FrontendConfig {
             migration_limit: args.migration_limit,
+            router: RouterConfig {
+                overlap_weight: args.router_overlap_weight,
+                temperature: args.router_temperature,
+                disagg_min_tokens: args.disagg_min_tokens,
+                ..RouterConfig::default()
+            },
             ..FrontendConfig::default()
         };
         Arc::new(RemoteTokenSource::new(raft.clone(), endpoint.clone(), cfg))

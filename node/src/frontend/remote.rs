@@ -35,6 +35,7 @@ pub struct FrontendConfig {
     pub frame_timeout: Duration,
     /// Events buffered between the flight and the client.
     pub buffer: usize,
+    pub router: RouterConfig,
 }
 
 impl Default for FrontendConfig {
@@ -45,6 +46,7 @@ impl Default for FrontendConfig {
             reassign_deadline: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(30),
             buffer: 64,
+            router: RouterConfig::default(),
         }
     }
 }
@@ -67,13 +69,14 @@ pub(super) struct Shared {
 impl RemoteTokenSource {
     pub fn new(raft: Arc<RaftNode>, endpoint: Endpoint, cfg: FrontendConfig) -> Self {
         let node_id = raft.node_id();
+        let router_cfg = cfg.router.clone();
         Self {
             inner: Arc::new(Shared {
                 raft,
                 endpoint,
                 node_id,
                 cfg,
-                router: Mutex::new(Router::new(RouterConfig::default())),
+                router: Mutex::new(Router::new(router_cfg)),
                 next_lease: AtomicU64::new(0),
             }),
         }
