@@ -3,7 +3,10 @@
 //! and prefill throughput against the GEMM rate. Writes JSON and prints a table.
 //!
 //! ```text
-//! cuda_bench [--models llama-3.2-1b,llama-3.1-8b] [--out results.json] [--quick]
+//! cuda_bench [--models smollm2-135m,llama-3.2-1b,llama-3.1-8b] [--out results.json] [--quick]
+//! ```
+//! Decode steps are timed twice, launched eagerly and replayed from CUDA graphs.
+//! ```text
 //! ```
 
 use std::sync::Arc;
@@ -13,7 +16,9 @@ use cudarc::driver::sys::{CUevent, CUevent_flags};
 use serde_json::json;
 use stator_gpu::backend::cuda::gemm::{Blas, OutType};
 use stator_gpu::backend::cuda::kernels::{Arg, Kernels};
-use stator_gpu::backend::cuda::{cuda_available, CudaBackend, CudaDtype, CudaOptions, Gpu};
+use stator_gpu::backend::cuda::{
+    cuda_available, CudaBackend, CudaDtype, CudaOptions, Gpu, GraphMode,
+};
 use stator_gpu::backend::{Backend, SeqStep};
 use stator_gpu::config::ModelConfig;
 use stator_gpu::presets::preset;
@@ -244,7 +249,7 @@ fn main() -> Res<()> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let models = arg("--models").unwrap_or_else(|| "llama-3.2-1b,llama-3.1-8b".into());
+    let models = arg("--models").unwrap_or_else(|| "smollm2-135m,llama-3.2-1b,llama-3.1-8b".into());
     let out_path = arg("--out");
     let quick = args.iter().any(|a| a == "--quick");
     if !cuda_available() {
@@ -270,6 +275,10 @@ fn main() -> Res<()> {
         };
         let started = std::time::Instant::now();
         let mut backend = CudaBackend::with_random_weights(config.clone(), 42, opts)?;
+        // Events go on the backend's own stream: on another stream they would time only the
+        // host's enqueueing (round 1 did that; its pageable metadata copies happened to wait
+        // for the previous step, which hid it for eager steps but not for graph replays).
+        let stream_gpu = backend.gpu().clone();
         backend.randomize_kv_cache(7)?;
         println!(
             "{name}: weights {:.2} GB, {} KV blocks, ready in {:.1} s",
@@ -302,15 +311,26 @@ fn main() -> Res<()> {
                         want_logits: true,
                     })
                     .collect();
-                let ms = timer.median_ms(&gpu, 3, if quick { 5 } else { 20 }, || {
+                let reps = if quick { 5 } else { 20 };
+                backend.set_graph_mode(GraphMode::Off);
+                let ms = timer.median_ms(&stream_gpu, 3, reps, || {
                     Ok(backend.forward_on_device(&steps)?)
                 })?;
+                // Warm-up runs the key once eagerly, then captures it.
+                backend.set_graph_mode(GraphMode::On);
+                let before = backend.graph_stats();
+                let graph_ms = timer.median_ms(&stream_gpu, 3, reps, || {
+                    Ok(backend.forward_on_device(&steps)?)
+                })?;
+                let replayed = backend.graph_stats().replayed - before.replayed;
+                backend.set_graph_mode(GraphMode::Off);
                 let bytes = decode_bytes(&config, &backend, batch, ctx);
                 let floor_ms = bytes / (ceil.copy_gbps * 1e9) * 1e3;
                 let frac = floor_ms / ms;
-                println!("  decode b{batch:<3} ctx{ctx:<5} {ms:8.3} ms/step {:9.0} tok/s  roofline {floor_ms:.3} ms ({:.0}%)", batch as f64 / ms * 1e3, frac * 100.0);
-                table.push(format!("{name:<14} decode b{batch:<3} ctx{ctx:<5} {ms:9.3} ms  {:9.0} tok/s  {:5.1}% of HBM roofline", batch as f64 / ms * 1e3, frac * 100.0));
-                results.push(json!({"model": name, "kind": "decode", "batch": batch, "context": ctx, "step_ms": ms, "tokens_per_s": batch as f64 / ms * 1e3, "bytes_per_step": bytes, "roofline_ms": floor_ms, "roofline_fraction": frac}));
+                let graph_frac = floor_ms / graph_ms;
+                println!("  decode b{batch:<3} ctx{ctx:<5} {ms:8.3} ms/step eager, {graph_ms:8.3} graph ({replayed} replays)  roofline {floor_ms:.3} ms ({:.0}% / {:.0}%)", frac * 100.0, graph_frac * 100.0);
+                table.push(format!("{name:<14} decode b{batch:<3} ctx{ctx:<5} {ms:9.3} ms eager {graph_ms:9.3} ms graph  {:9.0} tok/s  {:5.1}% / {:5.1}% of HBM roofline", batch as f64 / graph_ms.min(ms) * 1e3, frac * 100.0, graph_frac * 100.0));
+                results.push(json!({"model": name, "kind": "decode", "batch": batch, "context": ctx, "step_ms": ms, "graph_step_ms": graph_ms, "graph_replays": replayed, "tokens_per_s": batch as f64 / ms * 1e3, "graph_tokens_per_s": batch as f64 / graph_ms * 1e3, "bytes_per_step": bytes, "roofline_ms": floor_ms, "roofline_fraction": frac, "graph_roofline_fraction": graph_frac}));
             }
         }
         // A/B: the same decode steps with every projection on cuBLAS.
@@ -331,11 +351,28 @@ fn main() -> Res<()> {
                 })
                 .collect();
             backend.set_skinny_gemm_max_rows(0);
-            let ms = timer.median_ms(&gpu, 3, if quick { 5 } else { 20 }, || {
+            let ms = timer.median_ms(&stream_gpu, 3, if quick { 5 } else { 20 }, || {
                 Ok(backend.forward_on_device(&steps)?)
             });
             backend.set_skinny_gemm_max_rows(CudaOptions::default().skinny_gemm_max_rows);
             let ms = ms?;
+            if batch == 1 {
+                // The same one-row step from graphs, with and without the fused norm kernels.
+                backend.set_graph_mode(GraphMode::On);
+                let mut fused_ab = [0.0f64; 2];
+                for (slot, fuse) in fused_ab.iter_mut().zip([false, true]) {
+                    backend.set_fuse_one_row_norms(fuse);
+                    *slot = timer.median_ms(&stream_gpu, 3, if quick { 5 } else { 20 }, || {
+                        Ok(backend.forward_on_device(&steps)?)
+                    })?;
+                }
+                backend.set_graph_mode(GraphMode::Off);
+                let bytes = decode_bytes(&config, &backend, batch, ctx);
+                let floor_ms = bytes / (ceil.copy_gbps * 1e9) * 1e3;
+                let [apart, fused] = fused_ab;
+                table.push(format!("{name:<14} decode b{batch:<3} ctx{ctx:<5} {apart:9.3} ms norms apart {fused:9.3} ms fused (graphs)  {:5.1}% / {:5.1}% of HBM roofline", floor_ms / apart * 100.0, floor_ms / fused * 100.0));
+                results.push(json!({"model": name, "kind": "decode_fused_norms_ab", "batch": batch, "context": ctx, "graph_step_ms_norms_apart": apart, "graph_step_ms_fused": fused, "roofline_ms": floor_ms}));
+            }
             let bytes = decode_bytes(&config, &backend, batch, ctx);
             let floor_ms = bytes / (ceil.copy_gbps * 1e9) * 1e3;
             table.push(format!("{name:<14} decode b{batch:<3} ctx{ctx:<5} {ms:9.3} ms  {:9.0} tok/s  {:5.1}% of HBM roofline [cuBLAS only]", batch as f64 / ms * 1e3, floor_ms / ms * 100.0));
@@ -363,7 +400,7 @@ fn main() -> Res<()> {
                     want_logits: true,
                 })
                 .collect();
-            let ms = timer.median_ms(&gpu, 2, if quick { 3 } else { 10 }, || {
+            let ms = timer.median_ms(&stream_gpu, 2, if quick { 3 } else { 10 }, || {
                 Ok(backend.forward_on_device(&steps)?)
             })?;
             let flops = prefill_flops(&config, seqs, len);

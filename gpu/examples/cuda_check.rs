@@ -20,7 +20,7 @@ use stator_gpu::backend::cuda::kernels::{Arg, Kernels, DECODE_THREADS, NULL, PRE
 use stator_gpu::backend::cuda::plan::StepPlan;
 use stator_gpu::backend::cuda::weights::{from_half_bits, to_half_bits};
 use stator_gpu::backend::cuda::{
-    cuda_available, CudaBackend, CudaDtype, CudaOptions, DeviceBuffer, Gpu,
+    cuda_available, CudaBackend, CudaDtype, CudaOptions, DeviceBuffer, Gpu, GraphMode,
 };
 use stator_gpu::backend::{Backend, BackendError, SeqStep};
 use stator_gpu::config::ModelConfig;
@@ -690,13 +690,20 @@ fn check_model(
     config: ModelConfig,
     weights: ModelWeights,
     prompts: &[Vec<u32>],
+    dtype: CudaDtype,
     report: &mut Report,
 ) -> Res<()> {
     let opts = CudaOptions {
         gpu_memory_utilization: 0.05,
         max_num_seqs: 16,
         max_batch_tokens: 1024,
+        dtype,
+        cuda_graphs: false,
         ..Default::default()
+    };
+    let name = &match dtype {
+        CudaDtype::Bf16 => name.to_string(),
+        CudaDtype::F16 => format!("{name} f16"),
     };
     let mut cuda = CudaBackend::new(config.clone(), &weights, opts)?;
     let mut cpu = CpuBackend::new(config.clone(), weights.clone(), 64, 16)?;
@@ -716,7 +723,7 @@ fn check_model(
         let (_, rounded_logits) = generate(&mut cpu_rounded, prompt, 1)?;
         report.add(
             &format!("{name} prompt{i} logits vs cpu"),
-            "bf16-rounded weights".into(),
+            "CPU on bf16-rounded weights".into(),
             logits_err(&gpu_logits[0], &rounded_logits[0]),
             1e-2,
         );
@@ -735,6 +742,21 @@ fn check_model(
         report.add(
             &format!("{name} prompt{i} greedy mismatch"),
             format!("first {steps} tokens identical: {same}"),
+            (steps - same) as f64,
+            0.0,
+        );
+        // The same generation with decode steps replayed from CUDA graphs.
+        cuda.set_graph_mode(GraphMode::On);
+        let (graph_tokens, _) = generate(&mut cuda, prompt, steps)?;
+        cuda.set_graph_mode(GraphMode::Off);
+        let same = graph_tokens
+            .iter()
+            .zip(&cpu_tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        report.add(
+            &format!("{name} prompt{i} greedy mismatch"),
+            format!("graphs on: first {steps} tokens identical: {same}"),
             (steps - same) as f64,
             0.0,
         );
@@ -796,6 +818,41 @@ fn check_model(
         worst,
         1e-2,
     );
+    cuda.set_graph_mode(GraphMode::On);
+    let mut worst: f64 = 0.0;
+    // Three rounds: warm-up, capture, replay.
+    for _ in 0..3 {
+        cuda.poison_logits()?;
+        let dbatched = cuda.forward(&dbatch)?;
+        for (i, step) in dbatch.iter().enumerate() {
+            cuda.poison_logits()?;
+            let alone = cuda.forward(std::slice::from_ref(step))?;
+            worst = worst.max(logits_err(dbatched.row(i), alone.row(0)));
+        }
+    }
+    cuda.set_graph_mode(GraphMode::Off);
+    report.add(
+        &format!("{name} batched vs alone"),
+        format!("{} sequences decode, graphs on", prompts.len()),
+        worst,
+        1e-2,
+    );
+    // One-row steps with the norms fused into the projections: bit-identical to the
+    // separate kernels.
+    let probe = std::slice::from_ref(&dbatch[0]);
+    cuda.set_fuse_one_row_norms(false);
+    cuda.poison_logits()?;
+    let unfused = cuda.forward(probe)?;
+    cuda.set_fuse_one_row_norms(true);
+    cuda.poison_logits()?;
+    let fused = cuda.forward(probe)?;
+    report.add(
+        &format!("{name} fused one-row norms"),
+        "vs norm + projection (+ SwiGLU) apart".into(),
+        logits_err(fused.row(0), unfused.row(0)),
+        1e-6,
+    );
+    check_graphs(&mut cuda, name, report)?;
     // KV export/import: copy sequence 0's blocks to fresh ids, decode from the copy.
     let mut bytes = Vec::new();
     let src = &tables[0][..(prompts[0].len() + 1).div_ceil(bs)];
@@ -845,6 +902,108 @@ fn check_model(
     Ok(())
 }
 
+/// Decode steps replayed from CUDA graphs against the same padded steps launched eagerly
+/// (must be bit-identical) and against the unpadded eager path (cuBLAS rounds differently per
+/// row count), for several batch sizes, over 24 steps that cross block boundaries (the table
+/// width bucket grows) with sequences of different lengths in one batch.
+fn check_graphs(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> Res<()> {
+    let vocab = cuda.config().vocab_size as u32;
+    let blocks_per_seq = 8u32;
+    let steps = 24;
+    for n in [1usize, 3, 8, 16] {
+        let tables: Vec<Vec<u32>> = (0..n as u32)
+            .map(|s| (s * blocks_per_seq..(s + 1) * blocks_per_seq).collect())
+            .collect();
+        // Lengths 13, 18, 23, ...: the shortest crosses 16 and 32 during the steps.
+        let prompts: Vec<Vec<u32>> = (0..n)
+            .map(|s| {
+                (0..13 + 5 * s)
+                    .map(|i| ((i * 31 + s * 7 + 1) as u32) % vocab)
+                    .collect()
+            })
+            .collect();
+        cuda.set_graph_mode(GraphMode::Off);
+        let prefill: Vec<SeqStep> = prompts
+            .iter()
+            .zip(&tables)
+            .map(|(p, t)| SeqStep {
+                tokens: p,
+                start_pos: 0,
+                block_table: t,
+                want_logits: true,
+            })
+            .collect();
+        let logits = cuda.forward(&prefill)?;
+        let argmax = |row: &[f32]| {
+            row.iter()
+                .enumerate()
+                .fold(0, |b, (j, &v)| if v > row[b] { j } else { b }) as u32
+        };
+        let mut next: Vec<[u32; 1]> = (0..n).map(|i| [argmax(logits.row(i))]).collect();
+        let before = cuda.graph_stats();
+        let (mut exact, mut loose): (f64, f64) = (0.0, 0.0);
+        for step in 0..steps {
+            let batch: Vec<SeqStep> = (0..n)
+                .map(|s| SeqStep {
+                    tokens: &next[s],
+                    start_pos: prompts[s].len() + step,
+                    block_table: &tables[s],
+                    want_logits: true,
+                })
+                .collect();
+            // Poisoned before each run: a replay that wrote nothing would read as NaN.
+            cuda.set_graph_mode(GraphMode::Off);
+            cuda.poison_logits()?;
+            let unpadded = cuda.forward(&batch)?;
+            cuda.set_graph_mode(GraphMode::PaddedEager);
+            cuda.poison_logits()?;
+            let eager = cuda.forward(&batch)?;
+            cuda.set_graph_mode(GraphMode::On);
+            cuda.poison_logits()?;
+            let graph = cuda.forward(&batch)?;
+            for s in 0..n {
+                exact = exact.max(logits_err(graph.row(s), eager.row(s)));
+                loose = loose.max(logits_err(graph.row(s), unpadded.row(s)));
+            }
+            next = (0..n).map(|s| [argmax(graph.row(s))]).collect();
+        }
+        cuda.set_graph_mode(GraphMode::Off);
+        let after = cuda.graph_stats();
+        let shape = format!("batch {n}, ctx {}..{}", 13 + 1, 13 + 5 * (n - 1) + steps);
+        report.add(
+            &format!("{name} graph vs eager padded"),
+            shape.clone(),
+            exact,
+            1e-6,
+        );
+        report.add(
+            &format!("{name} graph vs eager"),
+            shape.clone(),
+            loose,
+            1e-2,
+        );
+        // Widths 1→2→4 blocks (and 8 for the longest): each key warms, captures, replays.
+        let replays = after.replayed - before.replayed;
+        let failed = after.failed - before.failed;
+        println!(
+            "    graphs batch {n}: {} captured ({} nodes in the last), {replays} replayed, {failed} failed",
+            after.captured - before.captured,
+            after.last_graph_nodes
+        );
+        report.add(
+            &format!("{name} graph replays"),
+            format!("{shape}: {replays} of {steps} steps replayed"),
+            if failed == 0 && replays + 8 >= steps {
+                0.0
+            } else {
+                1.0
+            },
+            0.0,
+        );
+    }
+    Ok(())
+}
+
 fn truncate(input: &Path, output: &Path, layers: usize) -> Res<()> {
     use stator_gpu::loader::{GgufBuilder, GgufFile, MetaValue};
     let file = GgufFile::open(input)?;
@@ -879,7 +1038,7 @@ fn truncate(input: &Path, output: &Path, layers: usize) -> Res<()> {
     Ok(())
 }
 
-fn check_real_model(path: &str, report: &mut Report) -> Res<()> {
+fn check_real_model(path: &str, dtypes: &[CudaDtype], report: &mut Report) -> Res<()> {
     let model = stator_gpu::loader::load_model(Path::new(&path))?;
     println!(
         "real weights: {} ({} layers)",
@@ -894,14 +1053,17 @@ fn check_real_model(path: &str, report: &mut Report) -> Res<()> {
         .iter()
         .map(|t| model.tokenizer.encode(t, true))
         .collect::<Result<_, _>>()?;
-    check_model(
-        true,
-        "smollm2",
-        model.config,
-        model.weights,
-        &prompts,
-        report,
-    )?;
+    for dtype in dtypes {
+        check_model(
+            true,
+            "smollm2",
+            model.config.clone(),
+            model.weights.clone(),
+            &prompts,
+            *dtype,
+            report,
+        )?;
+    }
     Ok(())
 }
 
@@ -918,6 +1080,20 @@ fn main() -> Res<()> {
         .position(|a| a == "--gguf")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    // `--dtype bf16,f16`: the 16-bit types the model-level checks run in (default bf16).
+    let dtypes = args
+        .iter()
+        .position(|a| a == "--dtype")
+        .and_then(|i| args.get(i + 1))
+        .map_or("bf16", String::as_str)
+        .split(',')
+        .map(|d| match d {
+            "bf16" => Ok(CudaDtype::Bf16),
+            "f16" => Ok(CudaDtype::F16),
+            other => Err(format!("--dtype {other}: expected bf16 or f16")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let model_only = args.iter().any(|a| a == "--model-only");
     if !cuda_available() {
         println!("CUDA is not available on this machine: nothing to check");
         return Ok(());
@@ -930,8 +1106,10 @@ fn main() -> Res<()> {
     let gpu = Gpu::open(0)?;
     println!("device: {}", gpu.name);
     let mut report = Report { rows: Vec::new() };
-    check_elementwise(&gpu, &mut rng, &mut report)?;
-    check_rope_and_attention(&gpu, &mut rng, &mut report)?;
+    if !model_only {
+        check_elementwise(&gpu, &mut rng, &mut report)?;
+        check_rope_and_attention(&gpu, &mut rng, &mut report)?;
+    }
     gpu.synchronize()?;
     drop(gpu);
 
@@ -942,20 +1120,23 @@ fn main() -> Res<()> {
         vec![7; 3],
         (0..130).map(|i| (i * 37 % 512) as u32).collect(),
     ];
-    if let Err(e) = check_model(
-        false,
-        "small-random",
-        config,
-        weights,
-        &prompts,
-        &mut report,
-    ) {
-        println!("small-model check failed: {e}");
-        report.add("small-random model", format!("error: {e}"), f64::NAN, 0.0);
+    for dtype in &dtypes {
+        if let Err(e) = check_model(
+            false,
+            "small-random",
+            config.clone(),
+            weights.clone(),
+            &prompts,
+            *dtype,
+            &mut report,
+        ) {
+            println!("small-model check failed: {e}");
+            report.add("small-random model", format!("error: {e}"), f64::NAN, 0.0);
+        }
     }
 
     if let Some(path) = gguf {
-        if let Err(e) = check_real_model(&path, &mut report) {
+        if let Err(e) = check_real_model(&path, &dtypes, &mut report) {
             println!("real-weights check failed: {e}");
             report.add("smollm2 real weights", format!("error: {e}"), f64::NAN, 0.0);
         }

@@ -9,10 +9,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use stator_raft::model::{Command, NodeStatus};
+use stator_raft::model::{
+    Applied, ClusterState, Command, CommandError, NodeStatus, WorkerId, WorkerState,
+};
 use tracing::info;
 
+use crate::cli::{parse_role, role_name};
 use crate::http::App;
+use crate::worker::drain::{request_role_change, RoleChangeError};
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -21,6 +25,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/v1/join-token", get(join_token))
         .route("/admin/v1/members/{id}/remove", post(remove))
         .route("/admin/v1/leave", post(leave))
+        .route("/admin/v1/workers", get(workers))
+        .route("/admin/v1/workers/{node}/{slot}/role", post(set_role))
+        .route("/admin/v1/leases", get(leases))
         .route("/admin/v1/meta", get(meta_list))
         .route(
             "/admin/v1/meta/{key}",
@@ -265,4 +272,237 @@ async fn meta_delete(
         .await
         .map_err(unavailable)?;
     Ok(Json(serde_json::json!({"key": key, "index": out.index})))
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct WorkerView {
+    /// NODE/SLOT, as `ctl set-role` takes it.
+    pub id: String,
+    pub node: u64,
+    pub slot: u32,
+    /// The node's HTTP address and status (up, down, left).
+    pub node_addr: String,
+    pub node_status: String,
+    pub role: String,
+    /// active, draining or off.
+    pub state: String,
+    /// The role it switches to once drained.
+    pub pending_role: Option<String>,
+    pub model: String,
+    pub device: String,
+    pub kv_blocks_total: u64,
+    pub leases_held: usize,
+}
+
+/// Every worker of the replicated state, in id order.
+pub fn worker_views(state: &ClusterState) -> Vec<WorkerView> {
+    state
+        .workers
+        .iter()
+        .map(|(id, w)| {
+            let node = state.nodes.get(&id.node);
+            WorkerView {
+                id: id.to_string(),
+                node: id.node,
+                slot: id.slot,
+                node_addr: node.map(|n| n.http_addr.clone()).unwrap_or_default(),
+                node_status: node.map_or("unknown", |n| status_name(n.status)).into(),
+                role: role_name(w.role).into(),
+                state: worker_state_name(w.state).into(),
+                pending_role: state
+                    .pending_roles
+                    .get(id)
+                    .map(|p| role_name(p.role).to_string()),
+                model: w.model.clone(),
+                device: w.device.clone(),
+                kv_blocks_total: w.kv_blocks_total,
+                leases_held: state.leases_of(*id).count(),
+            }
+        })
+        .collect()
+}
+
+pub fn worker_state_name(s: WorkerState) -> &'static str {
+    match s {
+        WorkerState::Active => "active",
+        WorkerState::Draining => "draining",
+        WorkerState::Off => "off",
+    }
+}
+
+async fn workers(State(app): State<Arc<App>>) -> Json<Vec<WorkerView>> {
+    Json(worker_views(&app.raft.state().borrow()))
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct LeaseView {
+    pub request_id: String,
+    /// Owner worker, NODE/SLOT.
+    pub owner: String,
+    pub epoch: u64,
+    pub frontend: u64,
+    pub granted_at_ms: u64,
+}
+
+async fn leases(State(app): State<Arc<App>>) -> Json<Vec<LeaseView>> {
+    let state = app.raft.state().borrow().clone();
+    Json(
+        state
+            .leases
+            .iter()
+            .map(|(request_id, l)| LeaseView {
+                request_id: request_id.clone(),
+                owner: l.owner.to_string(),
+                epoch: l.epoch,
+                frontend: l.frontend,
+                granted_at_ms: l.granted_at_ms,
+            })
+            .collect(),
+    )
+}
+
+#[derive(Deserialize)]
+struct SetRoleBody {
+    role: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct SetRoleView {
+    pub worker: String,
+    /// False when the worker already had the role (nothing was done).
+    pub changed: bool,
+    /// The worker's role now, and the one it switches to once drained.
+    pub role: String,
+    pub pending_role: Option<String>,
+    pub message: String,
+}
+
+async fn set_role(
+    State(app): State<Arc<App>>,
+    Path((node, slot)): Path<(u64, u32)>,
+    body: Result<Json<SetRoleBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<SetRoleView>, ApiError> {
+    let Json(body) = body.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("body must be {{\"role\": \"prefill|decode|aggregated\"}}: {e}"),
+        )
+    })?;
+    let role = parse_role(&body.role).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let id = WorkerId { node, slot };
+    let applied = request_role_change(&app.raft, id, role)
+        .await
+        .map_err(|e| match e {
+            RoleChangeError::Refused(CommandError::UnknownWorker(_)) => ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no worker {id} (see `stator ctl roles`)"),
+            ),
+            RoleChangeError::Refused(e) => ApiError(StatusCode::CONFLICT, e.to_string()),
+            e @ RoleChangeError::NotCommitted(_) => unavailable(e),
+        })?;
+    let (changed, message) = match applied {
+        Applied::RoleChangePending { from, to } => (
+            true,
+            format!(
+                "worker {id} is draining: it takes no new requests and switches from {} to {} once its requests are done",
+                role_name(from),
+                role_name(to)
+            ),
+        ),
+        Applied::RoleAlreadySet { role } => (
+            false,
+            format!("worker {id} already has role {}: nothing to do", role_name(role)),
+        ),
+        Applied::RoleChangeCancelled { role } => (
+            true,
+            format!(
+                "cancelled the pending role change: worker {id} stays {} and is active again",
+                role_name(role)
+            ),
+        ),
+        Applied::RoleChanged { role } => (
+            true,
+            format!("worker {id} (off) now has role {}", role_name(role)),
+        ),
+        other => (true, format!("worker {id}: {other:?}")),
+    };
+    let state = app.raft.state().borrow().clone();
+    Ok(Json(SetRoleView {
+        worker: id.to_string(),
+        changed,
+        role: state
+            .workers
+            .get(&id)
+            .map_or("unknown", |w| role_name(w.role))
+            .into(),
+        pending_role: state
+            .pending_roles
+            .get(&id)
+            .map(|p| role_name(p.role).to_string()),
+        message,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stator_raft::model::{Lease, NodeInfo, WorkerInfo, WorkerRole};
+
+    #[test]
+    fn the_roles_table_shows_pending_roles_and_leases_held() {
+        let mut s = ClusterState::default();
+        s.nodes.insert(
+            7,
+            NodeInfo {
+                quic_addr: "10.0.0.7:7400".into(),
+                http_addr: "10.0.0.7:8000".into(),
+                labels: Default::default(),
+                gpus: vec![],
+                status: NodeStatus::Down,
+                status_since_ms: 0,
+                joined_at_ms: 0,
+            },
+        );
+        let id = WorkerId { node: 7, slot: 1 };
+        s.workers.insert(
+            id,
+            WorkerInfo {
+                role: WorkerRole::Aggregated,
+                state: WorkerState::Active,
+                model: "m".into(),
+                kv_blocks_total: 512,
+                device: "cuda:1".into(),
+            },
+        );
+        for r in ["a", "b"] {
+            s.leases.insert(
+                r.into(),
+                Lease {
+                    owner: id,
+                    epoch: 1,
+                    frontend: 3,
+                    granted_at_ms: 0,
+                },
+            );
+        }
+        s.apply(&Command::ChangeWorkerRole {
+            id,
+            role: WorkerRole::Prefill,
+            at_ms: 1,
+        })
+        .unwrap();
+        let views = worker_views(&s);
+        assert_eq!(views.len(), 1);
+        let v = &views[0];
+        assert_eq!(v.id, "7/1");
+        assert_eq!(
+            (v.role.as_str(), v.state.as_str(), v.pending_role.as_deref()),
+            ("aggregated", "draining", Some("prefill"))
+        );
+        assert_eq!(
+            (v.node_addr.as_str(), v.node_status.as_str()),
+            ("10.0.0.7:8000", "down")
+        );
+        assert_eq!((v.kv_blocks_total, v.leases_held), (512, 2));
+    }
 }

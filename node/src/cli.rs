@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use stator_raft::model::WorkerRole;
+use stator_raft::model::{WorkerId, WorkerRole};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -106,14 +106,27 @@ pub struct PeerArgs {
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
 
-    /// Serve the OpenAI API from the cluster's workers under request leases (requests move to
-    /// another worker, token-exact, when theirs dies) instead of from this peer's engine only.
-    #[arg(long)]
+    /// Serve the OpenAI API from this peer's own engine only, without request leases. By
+    /// default the API is served from the cluster's workers under request leases: requests move
+    /// to another worker, token-exact, when theirs dies or changes role.
+    #[arg(long, conflicts_with = "request_leases")]
+    pub local_engine_only: bool,
+
+    /// Accepted for compatibility: request leases are the default (see --local-engine-only).
+    #[arg(long, hide = true)]
     pub request_leases: bool,
 
-    /// Role of this peer's worker: aggregated, prefill or decode.
-    #[arg(long, default_value = "aggregated", value_parser = parse_role)]
-    pub role: WorkerRole,
+    /// Role of this peer: aggregated, prefill or decode (its worker's initial role; the
+    /// cluster's record wins after the first start, see `stator ctl set-role`), or frontend
+    /// (no worker and no weights: it serves the API through the cluster's workers and loads
+    /// only the tokenizer and chat template from --model).
+    #[arg(long, default_value = "aggregated", value_parser = parse_peer_role)]
+    pub role: PeerRole,
+
+    /// During a role change, how long this worker lets its requests finish before it moves
+    /// the rest to other workers (they continue there, token-exact).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub drain_timeout_s: u64,
 
     /// Times a request may move to another worker before it fails.
     #[arg(long, default_value_t = 3)]
@@ -250,6 +263,22 @@ pub enum CtlCommand {
     /// Operator key/value space, replicated through Raft.
     #[command(subcommand)]
     Meta(MetaCommand),
+    /// List workers: id, node address, role, state, pending role, model, device, KV blocks,
+    /// leases held.
+    Roles,
+    /// List request leases: request, owner worker, epoch, frontend node, age.
+    Requests,
+    /// Switch a worker to another role. It drains first: it takes no new requests, lets its
+    /// requests finish (up to its --drain-timeout-s, then moves them to other workers), then
+    /// switches. Returns once the change is committed; `roles` shows its progress.
+    SetRole {
+        /// NODE/SLOT as listed by `roles`, or a node id (slot 0).
+        #[arg(value_parser = parse_worker_id)]
+        worker: WorkerId,
+        /// prefill, decode or aggregated.
+        #[arg(value_parser = parse_role)]
+        role: WorkerRole,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -350,7 +379,42 @@ pub fn config_file_args(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     Ok(args)
 }
 
-fn parse_role(s: &str) -> Result<WorkerRole, String> {
+/// What a peer runs: a worker of some role, or only the API (`frontend`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PeerRole {
+    Worker(WorkerRole),
+    Frontend,
+}
+
+fn parse_peer_role(s: &str) -> Result<PeerRole, String> {
+    if s.eq_ignore_ascii_case("frontend") {
+        return Ok(PeerRole::Frontend);
+    }
+    parse_role(s)
+        .map(PeerRole::Worker)
+        .map_err(|_| format!("unknown role {s:?}: use aggregated, prefill, decode or frontend"))
+}
+
+/// `NODE/SLOT`, or `NODE` for slot 0.
+pub fn parse_worker_id(s: &str) -> Result<WorkerId, String> {
+    let (node, slot) = s.split_once('/').unwrap_or((s, "0"));
+    let bad = || format!("worker {s:?} must be NODE/SLOT (e.g. 1234/0) or a node id");
+    Ok(WorkerId {
+        node: node.trim().parse().map_err(|_| bad())?,
+        slot: slot.trim().parse().map_err(|_| bad())?,
+    })
+}
+
+/// The lowercase name used on the command line and in the admin API.
+pub fn role_name(role: WorkerRole) -> &'static str {
+    match role {
+        WorkerRole::Aggregated => "aggregated",
+        WorkerRole::Prefill => "prefill",
+        WorkerRole::Decode => "decode",
+    }
+}
+
+pub fn parse_role(s: &str) -> Result<WorkerRole, String> {
     match s.to_ascii_lowercase().as_str() {
         "aggregated" => Ok(WorkerRole::Aggregated),
         "prefill" => Ok(WorkerRole::Prefill),
@@ -371,6 +435,24 @@ mod tests {
         assert_eq!(parse_device("cuda"), Ok(Device::Cuda(0)));
         assert_eq!(parse_device("cpu"), Ok(Device::Cpu));
         assert!(parse_device("gpu0").unwrap_err().contains("cuda:N"));
+    }
+
+    #[test]
+    fn roles_and_worker_ids_parse_and_bad_ones_are_explained() {
+        assert_eq!(parse_peer_role("frontend"), Ok(PeerRole::Frontend));
+        assert_eq!(
+            parse_peer_role("Decode"),
+            Ok(PeerRole::Worker(WorkerRole::Decode))
+        );
+        assert!(parse_peer_role("gpu").unwrap_err().contains("frontend"));
+        assert!(
+            parse_role("frontend").is_err(),
+            "a worker cannot become a frontend"
+        );
+        assert_eq!(parse_worker_id("12/3"), Ok(WorkerId { node: 12, slot: 3 }));
+        assert_eq!(parse_worker_id("12"), Ok(WorkerId { node: 12, slot: 0 }));
+        assert!(parse_worker_id("12/x").unwrap_err().contains("NODE/SLOT"));
+        assert!(parse_worker_id("").is_err());
     }
 
     #[test]

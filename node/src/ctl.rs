@@ -6,9 +6,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::admin::{MemberView, StatusView};
-use crate::cli::{CtlArgs, CtlCommand, MetaCommand};
+use crate::admin::{LeaseView, MemberView, SetRoleView, StatusView, WorkerView};
+use crate::cli::{role_name, CtlArgs, CtlCommand, MetaCommand};
 use crate::datadir::read_admin_token;
+use crate::util::wall_ms;
 
 pub async fn run(args: CtlArgs) -> Result<()> {
     let token = match (&args.token, &args.data_dir) {
@@ -91,6 +92,36 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 return print_json(&v);
             }
             println!("node {} left the cluster and is shutting down", v["left"]);
+        }
+        CtlCommand::Roles => {
+            let v = client.call(Method::GET, "/admin/v1/workers", None).await?;
+            if json {
+                return print_json(&v);
+            }
+            let workers: Vec<WorkerView> = serde_json::from_value(v)?;
+            print_workers(&workers);
+        }
+        CtlCommand::Requests => {
+            let v = client.call(Method::GET, "/admin/v1/leases", None).await?;
+            if json {
+                return print_json(&v);
+            }
+            let leases: Vec<LeaseView> = serde_json::from_value(v)?;
+            print_leases(&leases, wall_ms());
+        }
+        CtlCommand::SetRole { worker, role } => {
+            let v = client
+                .call(
+                    Method::POST,
+                    &format!("/admin/v1/workers/{}/{}/role", worker.node, worker.slot),
+                    Some(serde_json::json!({"role": role_name(role)})),
+                )
+                .await?;
+            if json {
+                return print_json(&v);
+            }
+            let answer: SetRoleView = serde_json::from_value(v)?;
+            println!("{}", answer.message);
         }
         CtlCommand::Meta(cmd) => {
             let v = match cmd {
@@ -196,6 +227,46 @@ fn print_members(members: &[MemberView]) {
             m.quic_addr,
             m.http_addr,
             if m.is_leader { "*" } else { "" }
+        );
+    }
+}
+
+fn print_workers(workers: &[WorkerView]) {
+    println!(
+        "{:<18} {:<22} {:<10} {:<9} {:<10} {:<24} {:<8} {:>9} {:>6}",
+        "WORKER", "NODE", "ROLE", "STATE", "PENDING", "MODEL", "DEVICE", "KV_BLOCKS", "LEASES"
+    );
+    for w in workers {
+        let node = if w.node_status == "up" {
+            w.node_addr.clone()
+        } else {
+            format!("{} ({})", w.node_addr, w.node_status)
+        };
+        println!(
+            "{:<18} {:<22} {:<10} {:<9} {:<10} {:<24} {:<8} {:>9} {:>6}",
+            w.id,
+            node,
+            w.role,
+            w.state,
+            w.pending_role.as_deref().unwrap_or("-"),
+            w.model,
+            w.device,
+            w.kv_blocks_total,
+            w.leases_held
+        );
+    }
+}
+
+fn print_leases(leases: &[LeaseView], now_ms: u64) {
+    println!(
+        "{:<40} {:<18} {:>5} {:<14} {:>8}",
+        "REQUEST", "OWNER", "EPOCH", "FRONTEND", "AGE_S"
+    );
+    for l in leases {
+        let age_s = now_ms.saturating_sub(l.granted_at_ms) as f64 / 1000.0;
+        println!(
+            "{:<40} {:<18} {:>5} {:<14} {:>8.1}",
+            l.request_id, l.owner, l.epoch, l.frontend, age_s
         );
     }
 }

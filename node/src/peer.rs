@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use stator_raft::model::{Command, NodeInfo, NodeStatus};
+use stator_raft::model::{Command, NodeInfo, NodeStatus, WorkerId};
 use stator_raft::types::PeerAddr;
 use stator_raft::{RaftConfig, RaftNode};
 use stator_transport::{
@@ -15,7 +15,7 @@ use stator_transport::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::cli::PeerArgs;
+use crate::cli::{PeerArgs, PeerRole};
 use crate::cluster::rpc::{Admit, AdmitRequest, Join, JoinRequest};
 use crate::cluster::{self, ClusterConfig};
 use crate::datadir::{random_secret, DataDir, NodeRecord};
@@ -26,6 +26,7 @@ use crate::router::RouterConfig;
 use crate::serving;
 use crate::telemetry;
 use crate::util::wall_ms;
+use crate::worker::drain::{self, Drain};
 use crate::worker::{self, ServedEngine, WorkerConfig};
 
 /// How this start relates to the data dir.
@@ -157,7 +158,11 @@ pub async fn run(args: PeerArgs) -> Result<()> {
         shutdown_rx.clone(),
     );
 
-    let leased_source = args.request_leases.then(|| {
+    let frontend_only = args.role == PeerRole::Frontend;
+    if frontend_only && args.local_engine_only {
+        bail!("--role frontend runs no engine: it cannot serve with --local-engine-only");
+    }
+    let leased_source = (!args.local_engine_only).then(|| {
         let cfg = FrontendConfig {
             migration_limit: args.migration_limit,
             router: RouterConfig {
@@ -171,10 +176,13 @@ pub async fn run(args: PeerArgs) -> Result<()> {
         Arc::new(RemoteTokenSource::new(raft.clone(), endpoint.clone(), cfg))
             as Arc<dyn TokenSource>
     });
-    let serving = serving::build(&args.engine, leased_source).await?;
-    if let Some(engine) = &serving.engine {
+    let serving = match (args.role, leased_source) {
+        (PeerRole::Frontend, Some(source)) => serving::build_frontend(&args.engine, source).await?,
+        (_, source) => serving::build(&args.engine, source).await?,
+    };
+    if let (PeerRole::Worker(role), Some(engine)) = (args.role, &serving.engine) {
         let cfg = WorkerConfig {
-            role: args.role,
+            role,
             lease_timeout: Duration::from_millis(
                 args.lease_timeout_ms
                     .unwrap_or(args.down_after_ms / 2)
@@ -182,7 +190,7 @@ pub async fn run(args: PeerArgs) -> Result<()> {
             ),
             ..WorkerConfig::default()
         };
-        worker::start(
+        let me = worker::start(
             &endpoint,
             raft.clone(),
             health.clone(),
@@ -194,6 +202,19 @@ pub async fn run(args: PeerArgs) -> Result<()> {
             cfg,
             shutdown_rx.clone(),
         );
+        tokio::spawn(drain::run(
+            Drain {
+                raft: raft.clone(),
+                engine: engine.clone(),
+                me,
+                timeout: Duration::from_secs(args.drain_timeout_s),
+            },
+            shutdown_rx.clone(),
+        ));
+        if !args.local_engine_only {
+            // Until its worker is registered this peer's API could only answer 503.
+            await_registration(&raft, me, WORKER_REGISTRATION_WAIT).await;
+        }
     }
     let app = http::App {
         node_id: record.node_id,
@@ -215,6 +236,19 @@ pub async fn run(args: PeerArgs) -> Result<()> {
     raft.shutdown().await;
     endpoint.close();
     served
+}
+
+/// How long a peer with an engine waits for its worker to be registered before it serves the
+/// API anyway.
+const WORKER_REGISTRATION_WAIT: Duration = Duration::from_secs(30);
+
+async fn await_registration(raft: &RaftNode, me: WorkerId, wait: Duration) {
+    let mut state = raft.state();
+    let registered =
+        tokio::time::timeout(wait, state.wait_for(|s| s.workers.contains_key(&me))).await;
+    if !matches!(registered, Ok(Ok(_))) {
+        warn!(worker = %me, after = ?wait, "this peer's worker is not registered yet; serving the API anyway");
+    }
 }
 
 fn advertised_addresses(args: &PeerArgs) -> Result<(SocketAddr, SocketAddr)> {

@@ -1,10 +1,11 @@
 //! Builds what this peer serves on the OpenAI API: a local engine on the model given with
-//! `--model` (or the default model), or nothing (`--no-model`).
+//! `--model` (or the default model), only the model's tokenizer for a frontend-only peer, or
+//! nothing (`--no-model`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Json, Router};
@@ -12,7 +13,7 @@ use stator_gpu::backend::cpu::CpuBackend;
 use stator_gpu::backend::cuda::{cuda_available, CudaBackend, CudaOptions};
 use stator_gpu::backend::Backend;
 use stator_gpu::engine::{Engine, EngineConfig, EngineHandle};
-use stator_gpu::loader::{default_model_path, load_model};
+use stator_gpu::loader::{default_model_path, load_model, load_model_metadata};
 use stator_gpu::presets::parse_random_weights_spec;
 use stator_gpu::random_weights::random_weights;
 use tracing::{info, warn};
@@ -38,23 +39,11 @@ pub async fn build(args: &EngineArgs, source: Option<Arc<dyn TokenSource>>) -> R
     if args.no_model {
         return Ok(no_model("this peer runs without a model (--no-model)"));
     }
-    let path = match &args.model {
-        Some(p) => {
-            if !p.exists() {
-                bail!("--model {} does not exist", p.display());
-            }
-            p.clone()
-        }
-        None => {
-            let p = default_model_path();
-            if !p.exists() {
-                warn!(path = %p.display(), "no model given and the default model is not installed; serving without a model (run tools/fetch-model.sh, or pass --model)");
-                return Ok(no_model(
-                    "no model loaded: start the peer with --model PATH or run tools/fetch-model.sh",
-                ));
-            }
-            p
-        }
+    let Some(path) = model_path(args)? else {
+        warn!(path = %default_model_path().display(), "no model given and the default model is not installed; serving without a model (run tools/fetch-model.sh, or pass --model)");
+        return Ok(no_model(
+            "no model loaded: start the peer with --model PATH or run tools/fetch-model.sh",
+        ));
     };
     let args = args.clone();
     let (engine, tokenizer, name, device) =
@@ -77,6 +66,64 @@ pub async fn build(args: &EngineArgs, source: Option<Arc<dyn TokenSource>>) -> R
     })
 }
 
+/// The API of a peer without an engine (`--role frontend`): the model's tokenizer, chat
+/// template, context length and name come from `--model` (weights are not read); every
+/// request runs on the cluster's workers through `source`.
+pub async fn build_frontend(args: &EngineArgs, source: Arc<dyn TokenSource>) -> Result<Serving> {
+    const NEEDS_MODEL: &str = "--role frontend needs the served model's tokenizer and chat \
+        template: give --model PATH (its weights are not loaded) or run tools/fetch-model.sh";
+    if args.no_model {
+        bail!("{NEEDS_MODEL} (--no-model was given)");
+    }
+    let path = model_path(args)?.ok_or_else(|| anyhow!(NEEDS_MODEL))?;
+    let name = served_name(args, &path);
+    let metadata = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || load_model_metadata(&path))
+    }
+    .await
+    .context("the model metadata loader panicked")?
+    .with_context(|| format!("cannot read the model {}", path.display()))?;
+    let context_length = metadata.config.max_position_embeddings;
+    info!(model = %name, path = %path.display(), context = context_length, "frontend only: serving the cluster's workers");
+    let state = Arc::new(ApiState {
+        model_name: name.clone(),
+        tokenizer: Arc::new(metadata.tokenizer),
+        context_length,
+        source,
+        default_max_tokens: 256.min(context_length),
+    });
+    Ok(Serving {
+        router: openai::router(state),
+        engine: None,
+        model_name: name,
+        device: String::new(),
+    })
+}
+
+/// `--model`, else the default model when it is installed.
+fn model_path(args: &EngineArgs) -> Result<Option<PathBuf>> {
+    match &args.model {
+        Some(p) if !p.exists() => bail!("--model {} does not exist", p.display()),
+        Some(p) => Ok(Some(p.clone())),
+        None => {
+            let p = default_model_path();
+            Ok(p.exists().then_some(p))
+        }
+    }
+}
+
+/// `--served-model-name`, else the `--random-weights` preset, else the model's file name.
+fn served_name(args: &EngineArgs, path: &std::path::Path) -> String {
+    if let Some(name) = &args.served_model_name {
+        return name.clone();
+    }
+    match &args.random_weights {
+        Some(spec) => spec.rsplit('/').next().unwrap_or(spec).to_string(),
+        None => served_name_from_path(path),
+    }
+}
+
 /// The engine, its tokenizer, the served model name and the backend's device.
 type Started = (
     EngineHandle,
@@ -89,10 +136,7 @@ fn start_engine(path: PathBuf, args: &EngineArgs) -> Result<Started> {
     let t0 = std::time::Instant::now();
     let loaded =
         load_model(&path).with_context(|| format!("cannot load the model {}", path.display()))?;
-    let mut name = args
-        .served_model_name
-        .clone()
-        .unwrap_or_else(|| served_name_from_path(&path));
+    let name = served_name(args, &path);
     let device = resolve_device(args.device)?;
     let random = match &args.random_weights {
         None => None,
@@ -102,9 +146,6 @@ fn start_engine(path: PathBuf, args: &EngineArgs) -> Result<Started> {
             // Token ids come from the served model's tokenizer, so the vocabulary must be its own.
             config.vocab_size = loaded.tokenizer.vocab_size();
             info!(spec = %spec, params = config.num_parameters(), vocab = config.vocab_size, "serving seeded random weights");
-            if args.served_model_name.is_none() {
-                name = spec.rsplit('/').next().unwrap_or(spec).to_string();
-            }
             Some(config)
         }
     };

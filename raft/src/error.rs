@@ -26,6 +26,10 @@ pub enum RaftError {
     AlreadyInitialized,
     #[error("no raft leader is known (election in progress or no quorum reachable)")]
     NoLeader,
+    /// The request was forwarded to `leader`, and another leader took over before it
+    /// answered: it may or may not have taken effect (the new leader may still commit it).
+    #[error("leader {leader} was replaced while the request was in flight; it may or may not have taken effect")]
+    LeaderReplaced { leader: NodeId },
     #[error("{what} did not finish within {after:?}")]
     Timeout { what: &'static str, after: Duration },
     #[error("could not reach the leader: {0}")]

@@ -20,9 +20,10 @@ use stator_transport::{Endpoint, Method, RpcError};
 use crate::rpc::{AppendMethod, SnapshotMethod, VoteMethod};
 use crate::types::{NodeId, PeerAddr, TypeConfig};
 
-/// Pause before retrying an unreachable peer; short enough that a restarted follower catches
-/// up quickly, long enough not to spin on a dead one.
-const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
+/// Pause before retrying an unreachable peer: two heartbeats, so that a restarted member
+/// hears the leader well within its election timeout (300..400 ms); long enough not to spin
+/// on a dead one.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(100);
 /// Bound on resolving a peer's host name (k8s DNS names).
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -115,7 +116,9 @@ impl PeerClient {
     }
 }
 
-/// Unreachable makes openraft back off; Network retries at once; Timeout is a timeout.
+/// Unreachable makes openraft back off; Network retries at once; Timeout is a timeout. A
+/// closed connection is retried at once: the next call reconnects, and when the peer is gone
+/// that attempt times out instead of spinning.
 fn map_transport_error<E: StdError>(
     local: NodeId,
     target: NodeId,
@@ -134,10 +137,9 @@ fn map_transport_error<E: StdError>(
             RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(1).with_source_error(&e))
         }
         // The peer is down, restarting (methods not registered yet) or not trusting us yet.
-        RpcError::Connect(_)
-        | RpcError::Closed(_)
-        | RpcError::UnknownMethod(_)
-        | RpcError::NotAuthorized(_) => RPCError::Unreachable(Unreachable::new(&e)),
+        RpcError::Connect(_) | RpcError::UnknownMethod(_) | RpcError::NotAuthorized(_) => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
         other => RPCError::Network(NetworkError::from(AnyError::new(&other))),
     }
 }
@@ -194,7 +196,6 @@ mod tests {
     fn transport_errors_map_to_what_makes_openraft_back_off_or_retry() {
         for down in [
             RpcError::Connect("refused".into()),
-            RpcError::Closed("reset".into()),
             RpcError::UnknownMethod("raft.vote".into()),
             RpcError::NotAuthorized("no cert".into()),
         ] {
@@ -223,6 +224,12 @@ mod tests {
         ));
         assert!(matches!(
             map(RPCTypes::Vote, RpcError::Decode("bad".into())),
+            RPCError::Network(_)
+        ));
+        // The pool reconnects on the next call: retrying at once is what reaches a restarted
+        // member before its election timer fires.
+        assert!(matches!(
+            map(RPCTypes::AppendEntries, RpcError::Closed("reset".into())),
             RPCError::Network(_)
         ));
     }

@@ -164,7 +164,9 @@ impl RaftNode {
         }
         let writer = self.writer.lock().clone().ok_or(RaftError::ShuttingDown)?;
         let (reply, outcome) = oneshot::channel();
-        let deadline = self.core.cfg.write_timeout + self.core.cfg.batch_window + WRITE_REPLY_GRACE;
+        // The writer takes up to the write timeout to commit, and again to apply locally.
+        let deadline =
+            self.core.cfg.write_timeout * 2 + self.core.cfg.batch_window + WRITE_REPLY_GRACE;
         let submission = Submission {
             cmds,
             reply,
@@ -177,16 +179,12 @@ impl RaftNode {
                 .map_err(|_| RaftError::ShuttingDown)?;
             outcome.await.map_err(|_| RaftError::ShuttingDown)?
         };
-        let outcome =
-            tokio::time::timeout(deadline, wait)
-                .await
-                .map_err(|_| RaftError::Timeout {
-                    what: "raft write",
-                    after: deadline,
-                })??;
-        self.wait_applied(outcome.index, self.core.cfg.write_timeout)
-            .await?;
-        Ok(outcome)
+        tokio::time::timeout(deadline, wait)
+            .await
+            .map_err(|_| RaftError::Timeout {
+                what: "raft write",
+                after: deadline,
+            })?
     }
 
     /// Adds `id` as a learner and waits until it has caught up (leader-only; forwarded).
@@ -247,7 +245,7 @@ impl RaftNode {
             })
             .await?;
         let left = timeout.saturating_sub(started.elapsed());
-        self.wait_applied(read_index, left).await
+        self.core.wait_applied(read_index, left).await
     }
 
     /// Entries currently kept in the log (bounded by snapshots + purging).
@@ -285,10 +283,15 @@ impl RaftNode {
             })
             .await
     }
+}
 
-    async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<u64, RaftError> {
+impl NodeCore {
+    pub(crate) async fn wait_applied(
+        &self,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<u64, RaftError> {
         let metrics = self
-            .core
             .raft
             .wait(Some(timeout))
             .applied_index_at_least(Some(index), "applied")
@@ -302,9 +305,7 @@ impl RaftNode {
             })?;
         Ok(metrics.last_applied.map(|id| id.index).unwrap_or(0))
     }
-}
 
-impl NodeCore {
     pub(crate) fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
     }
@@ -320,8 +321,9 @@ impl NodeCore {
     }
 
     /// Runs `local` when this node leads, otherwise calls `M` on the leader. Retries once
-    /// when the leader changed under us (it answered NotLeader, or could not be reached or
-    /// went away); a timeout is not retried, since the request may have been applied.
+    /// when the leader changed under us (it answered NotLeader) or could not be reached; a
+    /// timeout is not retried, since the request may have been applied, and a call whose
+    /// leader is replaced while it waits ends with [`RaftError::LeaderReplaced`].
     async fn on_leader<M, T, F, Fut>(
         &self,
         what: &'static str,
@@ -350,12 +352,25 @@ impl NodeCore {
             let answer = if leader_id == self.id {
                 local(left).await
             } else {
-                match self.call_leader::<M>(&addr, req, left).await {
+                let term = self.current_term();
+                // A leader that died keeps the call waiting until its deadline; once this
+                // node knows the next leader, answer now so the caller can retry there.
+                let called = tokio::select! {
+                    called = self.call_leader::<M>(&addr, req, left) => called,
+                    () = self.leader_replaced(leader_id, term) => {
+                        tracing::debug!(leader_id, what, "leader replaced during the call");
+                        return Err(RaftError::LeaderReplaced { leader: leader_id });
+                    }
+                };
+                match called {
                     Ok(answer) => answer,
+                    // A closed connection says nothing about leadership (a pooled connection
+                    // to a restarted leader closes too): retry on whichever leader is known;
+                    // a dead one is given up as soon as its successor is known (above).
                     Err(RpcError::Connect(_) | RpcError::Closed(_)) if !retried => {
                         tracing::debug!(leader_id, what, "leader unreachable, retrying once");
                         retried = true;
-                        avoid = Some((leader_id, self.current_term()));
+                        avoid = None;
                         continue;
                     }
                     Err(RpcError::Timeout) => return Err(timed_out),
@@ -383,6 +398,26 @@ impl NodeCore {
     ) -> Result<M::Response, RpcError> {
         let sock = resolve_peer(&addr.quic).await?;
         self.endpoint.call_timeout::<M>(sock, req, timeout).await
+    }
+
+    /// Resolves once this node knows a leader other than `leader` of `term`: another node,
+    /// or `leader` again in a later term (it restarted and was re-elected).
+    async fn leader_replaced(&self, leader: NodeId, term: u64) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if let Some(now) = m.current_leader {
+                    if now != leader || m.current_term > term {
+                        return;
+                    }
+                }
+            }
+            if metrics.changed().await.is_err() {
+                // Raft stopped: nothing will change any more; the call's own deadline rules.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     fn current_term(&self) -> u64 {

@@ -1,6 +1,7 @@
-//! The per-node writer: coalesces submissions arriving within the batch window into one log
-//! entry (one `client_write`, or one forward to the leader).
+//! The per-node writer: coalesces submissions into one log entry (one `client_write`, or one
+//! forward to the leader) and answers them once the entry is applied on this node.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,32 +23,65 @@ pub(crate) struct Submission {
 }
 
 /// Runs until every sender is dropped. Each collected batch is committed on its own task so
-/// the next batch can be collected meanwhile.
+/// the next batch can be collected meanwhile. A submission that finds no batch in flight goes
+/// out at once (with whatever else is already queued): waiting out the window then only adds
+/// latency, since nothing is there to share the entry with. While batches are in flight, the
+/// window collects what arrives, like Nagle's algorithm.
 pub(crate) fn spawn_writer(
     core: Arc<NodeCore>,
     mut submissions: mpsc::Receiver<Submission>,
     window: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let in_flight = Arc::new(AtomicUsize::new(0));
         while let Some(first) = submissions.recv().await {
             let mut commands = first.cmds.len();
             let mut batch = vec![first];
-            let window_end = tokio::time::Instant::now() + window;
             while commands < MAX_BATCH_COMMANDS {
-                match tokio::time::timeout_at(window_end, submissions.recv()).await {
-                    Ok(Some(next)) => {
+                match submissions.try_recv() {
+                    Ok(next) => {
                         commands += next.cmds.len();
                         batch.push(next);
                     }
-                    Ok(None) | Err(_) => break,
+                    Err(_) => break,
                 }
             }
-            tokio::spawn(commit(core.clone(), batch));
+            if in_flight.load(Ordering::Acquire) > 0 {
+                let window_end = tokio::time::Instant::now() + window;
+                while commands < MAX_BATCH_COMMANDS {
+                    match tokio::time::timeout_at(window_end, submissions.recv()).await {
+                        Ok(Some(next)) => {
+                            commands += next.cmds.len();
+                            batch.push(next);
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+            let in_flight = InFlight::enter(&in_flight);
+            tokio::spawn(commit(core.clone(), batch, in_flight));
         }
     })
 }
 
-async fn commit(core: Arc<NodeCore>, mut batch: Vec<Submission>) {
+/// Counts a batch as in flight until dropped, which `commit` does before it answers: a
+/// writer that submits again as soon as it has its answer must find the batch gone.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn commit(core: Arc<NodeCore>, mut batch: Vec<Submission>, in_flight: InFlight) {
     let counts: Vec<usize> = batch.iter().map(|s| s.cmds.len()).collect();
     let cmds: Vec<Command> = batch
         .iter_mut()
@@ -56,16 +90,19 @@ async fn commit(core: Arc<NodeCore>, mut batch: Vec<Submission>) {
     let total = cmds.len();
     metrics::histogram!("stator_raft_batch_commands").record(total as f64);
 
-    let result = core.write_batch(cmds).await.and_then(|outcome| {
-        if outcome.results.len() == total {
-            Ok(outcome)
-        } else {
-            Err(RaftError::Rejected(format!(
-                "leader returned {} results for {total} commands",
-                outcome.results.len()
-            )))
-        }
-    });
+    let result = match core.write_batch(cmds).await {
+        Ok(outcome) if outcome.results.len() != total => Err(RaftError::Rejected(format!(
+            "leader returned {} results for {total} commands",
+            outcome.results.len()
+        ))),
+        // One wait for the whole batch: every writer in it needs the entry applied here.
+        Ok(outcome) => core
+            .wait_applied(outcome.index, core.cfg.write_timeout)
+            .await
+            .map(|_| outcome),
+        Err(e) => Err(e),
+    };
+    drop(in_flight);
 
     match result {
         Ok(outcome) => {

@@ -52,3 +52,8 @@ pub(crate) fn track_connection(conn: &quinn::Connection) {
         gauge.decrement(1.0);
     });
 }
+
+/// A pooled connection closed because the peer sent nothing during a whole call.
+pub(crate) fn connection_unresponsive() {
+    counter!("stator_transport_unresponsive_closes_total").increment(1);
+}

@@ -31,6 +31,8 @@ pub(crate) mod close {
 
     pub const SHUTDOWN: VarInt = VarInt::from_u32(0);
     pub const NOT_AUTHORIZED: VarInt = VarInt::from_u32(0x10);
+    /// A call went unanswered at the transport level; see `close_unresponsive`.
+    pub const UNRESPONSIVE: VarInt = VarInt::from_u32(0x11);
 }
 
 /// Stream error code that matches `err`.

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::{Command, EngineStats, Shared};
+use super::transfer::TRANSFER_DEADLINE;
+use super::{Command, EngineStats, ExportOrder, KvExport, KvReservation, Shared, TransferError};
 use crate::backend::KvLayout;
 use crate::config::ModelConfig;
 use crate::kv::{BlockHash, KvEvent, SeqId};
-use crate::request::{EngineEvent, GenerateRequest};
+use crate::request::{EngineEvent, GenerateRequest, SamplingParams};
 use crate::sampler::validate_params;
 
 /// How long a query waits for the engine thread (one slow forward pass at most).
@@ -51,6 +52,108 @@ impl EngineHandle {
     /// Admits a request (bounded queue). Drop the returned stream to cancel (client disconnect):
     /// the engine notices within one step and frees the sequence's blocks.
     pub fn submit(&self, request: GenerateRequest) -> Result<EventStream, SubmitError> {
+        self.enqueue(request, None, None)
+    }
+
+    /// Reserves blocks for the KV of `tokens` (every full block of it; a partial tail is
+    /// ignored) that another engine computes: cached blocks are reused, the rest allocated,
+    /// all or nothing. Give it the full-block part of the prompt minus its last token, so the
+    /// request still computes that token (and samples) here.
+    pub async fn reserve_prefix(&self, tokens: &[u32]) -> Result<KvReservation, TransferError> {
+        let shared = &self.shared;
+        if shared.unavailable.get().is_some() || shared.shut_down.load(Ordering::Acquire) {
+            return Err(TransferError::Shutdown);
+        }
+        if !shared.prefix_caching {
+            return Err(TransferError::PrefixCachingOff);
+        }
+        let id = shared.next_seq.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Reserve {
+            id,
+            tokens: tokens.to_vec(),
+            reply,
+        };
+        shared
+            .commands
+            .send(command)
+            .map_err(|_| TransferError::Shutdown)?;
+        let reserved = match tokio::time::timeout(TRANSFER_DEADLINE, answer).await {
+            Err(_) => {
+                // It may still be granted after we stopped waiting: release whatever comes.
+                let _ = shared.commands.send(Command::ReleaseReservation { id });
+                return Err(TransferError::Timeout(TRANSFER_DEADLINE));
+            }
+            Ok(Err(_)) => return Err(TransferError::Shutdown),
+            Ok(Ok(result)) => result?,
+        };
+        Ok(KvReservation {
+            id,
+            commands: shared.commands.clone(),
+            first_block: reserved.cached,
+            total_blocks: reserved.total,
+            bytes_per_block: shared.kv_layout.bytes_per_block(),
+            handed_over: false,
+        })
+    }
+
+    /// Like [`Self::submit`], with `prefix` holding (part of) the prompt's KV: once the request
+    /// is admitted it finds those blocks in the prefix cache and the reservation is released.
+    /// An incomplete reservation is simply freed: the request then prefills here.
+    pub fn submit_with_prefix(
+        &self,
+        request: GenerateRequest,
+        mut prefix: KvReservation,
+    ) -> Result<EventStream, SubmitError> {
+        let events = self.enqueue(request, Some(prefix.id), None)?;
+        prefix.handed_over = true;
+        Ok(events)
+    }
+
+    /// Prefills `tokens` (whole blocks) through the normal scheduler, batched with other work
+    /// and reusing this engine's prefix cache, then exports blocks `from_block..` of it instead
+    /// of generating. The computed blocks stay cached here. Drop the result to cancel.
+    pub fn prefill_export(
+        &self,
+        request_id: &str,
+        tokens: Vec<u32>,
+        from_block: usize,
+    ) -> Result<KvExport, SubmitError> {
+        let block_size = self.shared.kv_layout.block_size;
+        let num_blocks = tokens.len() / block_size;
+        if tokens.is_empty() || !tokens.len().is_multiple_of(block_size) {
+            return Err(SubmitError::Invalid(format!(
+                "{} tokens are not a whole number of {block_size}-token blocks",
+                tokens.len()
+            )));
+        }
+        if from_block >= num_blocks {
+            return Err(SubmitError::Invalid(format!(
+                "block {from_block} is past the {num_blocks} blocks of the prompt"
+            )));
+        }
+        let request = GenerateRequest {
+            id: request_id.to_string(),
+            prompt: tokens,
+            generated: Vec::new(),
+            params: SamplingParams {
+                temperature: 0.0,
+                max_tokens: 1,
+                ignore_eos: true,
+                ..SamplingParams::default()
+            },
+        };
+        let (reply, blocks) = oneshot::channel();
+        let events = self.enqueue(request, None, Some(ExportOrder { from_block, reply }))?;
+        Ok(KvExport { blocks, events })
+    }
+
+    fn enqueue(
+        &self,
+        request: GenerateRequest,
+        prefix: Option<SeqId>,
+        export: Option<ExportOrder>,
+    ) -> Result<EventStream, SubmitError> {
         let shared = &self.shared;
         if let Some(reason) = shared.unavailable.get() {
             return Err(SubmitError::Invalid(format!(
@@ -87,6 +190,8 @@ impl EngineHandle {
                 seq,
                 request,
                 events,
+                prefix,
+                export,
             })
             .is_err()
         {

@@ -4,10 +4,12 @@
 //! The thread blocks on a command channel when idle and never blocks on a consumer: each
 //! request streams into its own unbounded channel, and a closed channel cancels the request.
 //! Requests, cancellations and queries are [`Command`]s posted to the thread; queries answer on
-//! a oneshot channel, which is the path later features (KV export for disaggregation) use.
+//! a oneshot channel. KV transfer for disaggregated prefill (`transfer.rs`) takes the same path:
+//! reservations, imports and exports run on the engine thread, so block ids never leave it.
 
 mod handle;
 mod stats;
+mod transfer;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
@@ -17,6 +19,7 @@ use parking_lot::Mutex;
 
 pub use handle::{EngineHandle, EventStream, QueryError, SubmitError};
 pub use stats::EngineStats;
+pub use transfer::{ExportedBlocks, KvExport, KvReservation, TransferError};
 
 use crate::backend::Backend;
 use crate::kv::{BlockHash, BlockManager, KvEvent, SeqId};
@@ -51,6 +54,29 @@ pub(crate) enum Command {
         seq: SeqId,
         request: GenerateRequest,
         events: tokio::sync::mpsc::UnboundedSender<EngineEvent>,
+        /// A reservation holding the prompt's prefix, released once the request is admitted.
+        prefix: Option<SeqId>,
+        /// Export the prompt's blocks after prefill instead of generating.
+        export: Option<ExportOrder>,
+    },
+    /// Holds blocks for every full block of `tokens` under the reservation `id`.
+    Reserve {
+        id: SeqId,
+        tokens: Vec<u32>,
+        reply: tokio::sync::oneshot::Sender<Result<ReservedBlocks, TransferError>>,
+    },
+    ImportBlocks {
+        id: SeqId,
+        first_block: usize,
+        bytes: Vec<u8>,
+        reply: tokio::sync::oneshot::Sender<Result<(), TransferError>>,
+    },
+    CompleteReservation {
+        id: SeqId,
+        reply: tokio::sync::oneshot::Sender<Result<(), TransferError>>,
+    },
+    ReleaseReservation {
+        id: SeqId,
     },
     /// `notify`: the caller still listens and gets `Finished { Cancelled }`.
     Cancel {
@@ -64,6 +90,19 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// Where a prefill-for-export request sends its blocks.
+pub(crate) struct ExportOrder {
+    pub from_block: usize,
+    pub reply: tokio::sync::oneshot::Sender<Result<ExportedBlocks, TransferError>>,
+}
+
+/// What a reservation got: leading cached blocks and the total.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ReservedBlocks {
+    pub cached: usize,
+    pub total: usize,
+}
+
 /// State the handle and the engine thread share.
 pub(crate) struct Shared {
     pub commands: std::sync::mpsc::Sender<Command>,
@@ -72,6 +111,7 @@ pub(crate) struct Shared {
     pub queued: AtomicUsize,
     pub max_queue: usize,
     pub max_model_len: usize,
+    pub prefix_caching: bool,
     pub kv_layout: crate::backend::KvLayout,
     pub model_config: crate::config::ModelConfig,
     pub kv_events: tokio::sync::broadcast::Sender<KvEvent>,
@@ -119,6 +159,7 @@ impl Engine {
             queued: AtomicUsize::new(0),
             max_queue: at_least_one("max_queue", cfg.max_queue),
             max_model_len,
+            prefix_caching: cfg.enable_prefix_caching,
             kv_layout,
             model_config,
             kv_events,
@@ -151,3 +192,6 @@ fn at_least_one(name: &str, value: usize) -> usize {
     }
     value.max(1)
 }
+
+#[cfg(test)]
+mod transfer_tests;

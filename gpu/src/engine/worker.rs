@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{stats, Command, EngineStats, Shared};
+use super::{
+    stats, Command, EngineStats, ExportOrder, ExportedBlocks, ReservedBlocks, Shared, TransferError,
+};
 use crate::backend::{Backend, Logits};
-use crate::kv::SeqId;
+use crate::kv::{KvError, SeqId};
 use crate::request::{EngineEvent, FinishReason, GenerateRequest, TokenLogprobs};
 use crate::sampler;
 use crate::scheduler::{NewSequence, ScheduledBatch, Scheduler, SeqFinish};
@@ -26,6 +28,18 @@ struct Request {
     events: UnboundedSender<EngineEvent>,
     /// Still counted in `Shared::queued` (not started yet).
     queued: bool,
+    /// Set for a prefill whose blocks are exported instead of generating.
+    export: Option<ExportOrder>,
+}
+
+/// Blocks held for KV that arrives from another engine.
+struct Reservation {
+    /// The reserved prefix, whole blocks only.
+    tokens: Vec<u32>,
+    /// The next block an import must start at (imports arrive in order).
+    next_block: usize,
+    total_blocks: usize,
+    completed: bool,
 }
 
 pub(super) struct Worker {
@@ -34,6 +48,9 @@ pub(super) struct Worker {
     shared: Arc<Shared>,
     inbox: Receiver<Command>,
     requests: HashMap<SeqId, Request>,
+    reservations: HashMap<SeqId, Reservation>,
+    /// (request, reservation): the reservation is released once the request holds its blocks.
+    handoffs: Vec<(SeqId, SeqId)>,
     steps_total: u64,
     tokens_generated_total: u64,
 }
@@ -51,6 +68,8 @@ impl Worker {
             shared,
             inbox,
             requests: HashMap::new(),
+            reservations: HashMap::new(),
+            handoffs: Vec::new(),
             steps_total: 0,
             tokens_generated_total: 0,
         }
@@ -70,6 +89,7 @@ impl Worker {
             if self.scheduler.has_work() {
                 self.step();
             }
+            self.release_handoffs();
             self.forward_kv_events();
             self.publish_stats();
         }
@@ -102,7 +122,28 @@ impl Worker {
                     seq,
                     request,
                     events,
-                } => self.admit(seq, request, events),
+                    prefix,
+                    export,
+                } => self.admit(seq, request, events, prefix, export),
+                Command::Reserve { id, tokens, reply } => {
+                    let result = self.reserve(id, tokens);
+                    // The caller stopped waiting: nobody will ever release it.
+                    if reply.send(result).is_err() {
+                        self.release_reservation(id);
+                    }
+                }
+                Command::ImportBlocks {
+                    id,
+                    first_block,
+                    bytes,
+                    reply,
+                } => {
+                    let _ = reply.send(self.import(id, first_block, &bytes));
+                }
+                Command::CompleteReservation { id, reply } => {
+                    let _ = reply.send(self.complete(id));
+                }
+                Command::ReleaseReservation { id } => self.release_reservation(id),
                 Command::Cancel { seq, notify } => self.cancel(seq, notify),
                 Command::BlockHashes { request_id, reply } => {
                     let seq = self
@@ -125,7 +166,21 @@ impl Worker {
         seq: SeqId,
         request: GenerateRequest,
         events: UnboundedSender<EngineEvent>,
+        prefix: Option<SeqId>,
+        export: Option<ExportOrder>,
     ) {
+        if let Some(reservation) = prefix {
+            if self
+                .reservations
+                .get(&reservation)
+                .is_some_and(|r| r.completed)
+            {
+                self.handoffs.push((seq, reservation));
+            } else {
+                // Nothing usable arrived: the request prefills here.
+                self.release_reservation(reservation);
+            }
+        }
         let GenerateRequest {
             id,
             prompt,
@@ -144,6 +199,7 @@ impl Worker {
                 id,
                 events,
                 queued: true,
+                export,
             },
         );
         if let Err(e) = self.scheduler.add(new) {
@@ -183,6 +239,7 @@ impl Worker {
                 return;
             }
         };
+        self.export_prefilled(&batch);
         let (sampled, mut logprobs, failed) = self.sample(&batch, &logits);
         let outcomes = self.scheduler.on_step_output(&batch, &sampled);
         for (seq, message) in failed {
@@ -284,6 +341,160 @@ impl Worker {
             }
         }
         (sampled, logprobs, failed)
+    }
+
+    /// Hands export requests whose prompt just finished computing their blocks, before the
+    /// step's output ends them and frees their sequences.
+    fn export_prefilled(&mut self, batch: &ScheduledBatch) {
+        for step in batch.steps.iter().filter(|s| s.want_logits) {
+            let Some(order) = self
+                .requests
+                .get_mut(&step.seq)
+                .and_then(|r| r.export.take())
+            else {
+                continue;
+            };
+            let result = self.export_blocks(step.seq, order.from_block);
+            let _ = order.reply.send(result);
+        }
+    }
+
+    fn export_blocks(
+        &self,
+        seq: SeqId,
+        from_block: usize,
+    ) -> Result<ExportedBlocks, TransferError> {
+        let kv = self.scheduler.kv();
+        let lost = || TransferError::PrefillFailed("the sequence lost its KV table".into());
+        let prompt_len = self
+            .scheduler
+            .sequence(seq)
+            .ok_or_else(lost)?
+            .prompt()
+            .len();
+        let table = kv.block_table(seq).ok_or_else(lost)?;
+        let total = (prompt_len / kv.block_size()).min(table.len());
+        let blocks = table.get(from_block..total).ok_or_else(|| {
+            TransferError::Invalid(format!("block {from_block} is past the {total} blocks"))
+        })?;
+        let mut bytes = Vec::new();
+        self.backend
+            .export_blocks(blocks, &mut bytes)
+            .map_err(|e| TransferError::Backend(e.to_string()))?;
+        Ok(ExportedBlocks {
+            first_block: from_block,
+            num_blocks: blocks.len(),
+            bytes,
+        })
+    }
+
+    fn reserve(
+        &mut self,
+        id: SeqId,
+        mut tokens: Vec<u32>,
+    ) -> Result<ReservedBlocks, TransferError> {
+        let kv = self.scheduler.kv_mut();
+        let total = tokens.len() / kv.block_size();
+        tokens.truncate(total * kv.block_size());
+        let cached = kv.reserve(id, &tokens).map_err(|e| match e {
+            KvError::OutOfBlocks { needed, available } => {
+                TransferError::OutOfBlocks { needed, available }
+            }
+            other => TransferError::Invalid(other.to_string()),
+        })?;
+        self.reservations.insert(
+            id,
+            Reservation {
+                tokens,
+                next_block: cached,
+                total_blocks: total,
+                completed: false,
+            },
+        );
+        Ok(ReservedBlocks { cached, total })
+    }
+
+    fn import(&mut self, id: SeqId, first_block: usize, bytes: &[u8]) -> Result<(), TransferError> {
+        let per_block = self.shared.kv_layout.bytes_per_block();
+        let reservation = self
+            .reservations
+            .get_mut(&id)
+            .ok_or_else(|| TransferError::Invalid(format!("no reservation {id}")))?;
+        if reservation.completed {
+            return Err(TransferError::BadChunk(
+                "the reservation is already complete".into(),
+            ));
+        }
+        if first_block != reservation.next_block {
+            return Err(TransferError::BadChunk(format!(
+                "chunk starts at block {first_block}, expected block {}",
+                reservation.next_block
+            )));
+        }
+        if bytes.is_empty() || !bytes.len().is_multiple_of(per_block) {
+            return Err(TransferError::BadChunk(format!(
+                "{} bytes are not a whole number of {per_block}-byte blocks",
+                bytes.len()
+            )));
+        }
+        let count = bytes.len() / per_block;
+        if first_block + count > reservation.total_blocks {
+            return Err(TransferError::BadChunk(format!(
+                "blocks {first_block}..{} run past the {} reserved",
+                first_block + count,
+                reservation.total_blocks
+            )));
+        }
+        let table =
+            self.scheduler.kv().block_table(id).ok_or_else(|| {
+                TransferError::Invalid(format!("reservation {id} holds no blocks"))
+            })?;
+        self.backend
+            .import_blocks(&table[first_block..first_block + count], bytes)
+            .map_err(|e| TransferError::Backend(e.to_string()))?;
+        reservation.next_block += count;
+        Ok(())
+    }
+
+    fn complete(&mut self, id: SeqId) -> Result<(), TransferError> {
+        let reservation = self
+            .reservations
+            .get_mut(&id)
+            .ok_or_else(|| TransferError::Invalid(format!("no reservation {id}")))?;
+        if reservation.next_block < reservation.total_blocks {
+            return Err(TransferError::Incomplete {
+                next: reservation.next_block,
+                total: reservation.total_blocks,
+            });
+        }
+        self.scheduler
+            .kv_mut()
+            .mark_computed(id, &reservation.tokens)
+            .map_err(|e| TransferError::Invalid(e.to_string()))?;
+        reservation.completed = true;
+        Ok(())
+    }
+
+    fn release_reservation(&mut self, id: SeqId) {
+        if self.reservations.remove(&id).is_some() {
+            self.scheduler.kv_mut().free(id);
+        }
+    }
+
+    /// Releases the reservations whose request now holds the blocks itself (or is gone).
+    fn release_handoffs(&mut self) {
+        if self.handoffs.is_empty() {
+            return;
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.handoffs)
+            .into_iter()
+            .partition(|(request, _)| {
+                !self.requests.contains_key(request) || self.scheduler.kv().contains(*request)
+            });
+        self.handoffs = waiting;
+        for (_, reservation) in done {
+            self.release_reservation(reservation);
+        }
     }
 
     /// Nothing could be scheduled although requests wait and none runs: the head of the queue

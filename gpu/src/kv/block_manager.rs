@@ -103,6 +103,11 @@ impl BlockManager {
         self.block_size
     }
 
+    /// Whether computed blocks are published for reuse (reservations depend on it).
+    pub fn prefix_caching(&self) -> bool {
+        self.prefix_caching
+    }
+
     pub fn num_blocks(&self) -> usize {
         self.meta.len()
     }
@@ -123,6 +128,11 @@ impl BlockManager {
     /// The longest cached prefix of `tokens`, leaving at least the last token uncached: a
     /// sequence must compute its last token to get logits.
     fn find_prefix(&self, tokens: &[u32]) -> PrefixHit {
+        self.find_full_blocks(&tokens[..tokens.len().saturating_sub(1)])
+    }
+
+    /// The longest cached run of `tokens`' full blocks, from the first one.
+    fn find_full_blocks(&self, tokens: &[u32]) -> PrefixHit {
         let mut hit = PrefixHit {
             blocks: Vec::new(),
             hashes: Vec::new(),
@@ -130,8 +140,7 @@ impl BlockManager {
         if !self.prefix_caching {
             return hit;
         }
-        let reusable = tokens.len().saturating_sub(1);
-        for hash in block_hashes(&tokens[..reusable], self.block_size) {
+        for hash in block_hashes(tokens, self.block_size) {
             match self.cached.get(&hash) {
                 Some(&block) => {
                     hit.blocks.push(block);
@@ -161,6 +170,38 @@ impl BlockManager {
             return Err(KvError::SequenceExists(seq));
         }
         let hit = self.find_prefix(tokens);
+        let cached_tokens = self.take_blocks(seq, hit, num_tokens)?;
+        if self.prefix_caching {
+            self.prefix_query_tokens += tokens.len() as u64;
+            self.prefix_hit_tokens += cached_tokens as u64;
+        }
+        Ok(cached_tokens)
+    }
+
+    /// Holds blocks for every full block of `tokens` under `seq` (a reservation, not a running
+    /// sequence): reuses the cached ones from the start and allocates fresh blocks for the
+    /// rest, whose KV arrives from elsewhere; [`Self::mark_computed`] then publishes them like
+    /// a prefill would. Unlike [`Self::allocate`] the last block may be a cache hit: nothing
+    /// runs on a reservation, so no token has to stay uncached. All or nothing.
+    /// Returns the number of leading blocks served from the cache.
+    pub fn reserve(&mut self, seq: SeqId, tokens: &[u32]) -> Result<usize, KvError> {
+        if self.seqs.contains_key(&seq) {
+            return Err(KvError::SequenceExists(seq));
+        }
+        let full_tokens = tokens.len() / self.block_size * self.block_size;
+        let hit = self.find_full_blocks(&tokens[..full_tokens]);
+        let cached_tokens = self.take_blocks(seq, hit, full_tokens)?;
+        Ok(cached_tokens / self.block_size)
+    }
+
+    /// Gives `seq` the blocks of `hit` plus fresh ones up to `num_tokens` positions, or
+    /// changes nothing. Returns the number of cached tokens.
+    fn take_blocks(
+        &mut self,
+        seq: SeqId,
+        hit: PrefixHit,
+        num_tokens: usize,
+    ) -> Result<usize, KvError> {
         let revived = hit
             .blocks
             .iter()
@@ -187,10 +228,6 @@ impl BlockManager {
             table.blocks.push(block);
         }
         let cached_tokens = table.hashes.len() * self.block_size;
-        if self.prefix_caching {
-            self.prefix_query_tokens += tokens.len() as u64;
-            self.prefix_hit_tokens += cached_tokens as u64;
-        }
         self.seqs.insert(seq, table);
         Ok(cached_tokens)
     }

@@ -186,3 +186,77 @@ fn random_operations_keep_invariants() {
         }
     }
 }
+
+#[test]
+fn a_reservation_reuses_cached_blocks_and_takes_fresh_ones_for_the_rest() {
+    let mut bm = BlockManager::new(16, 4, true).unwrap();
+    run_prefill(&mut bm, 1, &tokens(0..9));
+    bm.free(1);
+    // Blocks 0 and 1 are cached; a reservation for 4 full blocks (plus a partial tail that
+    // it ignores) takes them and two fresh ones.
+    let cached = bm.reserve(2, &tokens(0..18)).expect("reserve");
+    assert_eq!(cached, 2);
+    assert_eq!(bm.block_table(2).unwrap().len(), 4);
+    bm.check_invariants().unwrap();
+    // Its last block may be a hit, unlike a running sequence's.
+    let mut bm = BlockManager::new(8, 4, true).unwrap();
+    run_prefill(&mut bm, 1, &tokens(0..9));
+    bm.free(1);
+    assert_eq!(bm.reserve(2, &tokens(0..8)).unwrap(), 2);
+}
+
+#[test]
+fn a_reservation_that_does_not_fit_changes_nothing() {
+    let mut bm = BlockManager::new(4, 4, true).unwrap();
+    run_prefill(&mut bm, 1, &tokens(0..8));
+    bm.drain_events();
+    let before = bm.stats();
+    let err = bm.reserve(2, &tokens(100..120)).unwrap_err();
+    assert_eq!(
+        err,
+        KvError::OutOfBlocks {
+            needed: 5,
+            available: 2
+        }
+    );
+    assert!(!bm.contains(2));
+    assert_eq!(bm.stats(), before);
+    assert!(!bm.has_events(), "nothing evicted by a refused reservation");
+    bm.check_invariants().unwrap();
+}
+
+#[test]
+fn a_completed_reservation_serves_the_prompt_prefix_to_a_sequence() {
+    let mut bm = BlockManager::new(16, 4, true).unwrap();
+    let prompt = tokens(0..11);
+    // The transferable part: full blocks of the prompt minus its last token.
+    let transferable = &prompt[..8];
+    assert_eq!(bm.reserve(7, transferable).unwrap(), 0);
+    bm.mark_computed(7, transferable).unwrap();
+    assert_eq!(
+        bm.drain_events(),
+        vec![KvEvent::Stored {
+            hashes: block_hashes(transferable, 4)
+        }]
+    );
+    let cached = bm.allocate(1, &prompt, prompt.len()).unwrap();
+    assert_eq!(cached, 8);
+    assert_eq!(
+        bm.block_table(1).unwrap()[..2],
+        bm.block_table(7).unwrap()[..]
+    );
+    bm.free(7);
+    bm.check_invariants().unwrap();
+    assert_eq!(bm.stats().used_blocks, 3);
+}
+
+#[test]
+fn a_reservation_freed_before_completion_leaves_nothing_cached() {
+    let mut bm = BlockManager::new(8, 4, true).unwrap();
+    bm.reserve(7, &tokens(0..8)).unwrap();
+    assert!(bm.free(7));
+    bm.check_invariants().unwrap();
+    let stats = bm.stats();
+    assert_eq!((stats.used_blocks, stats.cached_free_blocks), (0, 0));
+    assert_eq!(bm.cached_prefix_tokens(&tokens(0..9)), 0);
+}

@@ -7,6 +7,7 @@ pub mod gguf;
 mod gguf_model;
 pub mod gguf_write;
 pub mod hf_config;
+mod metadata;
 pub mod quant;
 pub mod safetensors;
 
@@ -21,6 +22,7 @@ pub use gguf::{GgufFile, MetaValue, Metadata, TensorInfo};
 pub use gguf_model::config_from_gguf;
 pub use gguf_write::GgufBuilder;
 pub use hf_config::config_from_hf_json;
+pub use metadata::{load_model_metadata, ModelMetadata};
 pub use quant::GgmlType;
 
 /// File name of the default model (SmolLM2-135M-Instruct, Q4_1), fetched by

@@ -9,14 +9,22 @@ use stator_raft::RaftNode;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use super::load::LoadBoard;
 use super::ClusterConfig;
 
+/// What the cluster duties share with the rest of the peer: readiness, and the load board (the
+/// worker plugs its engine's stats in, the frontend reads the leader's load table).
 #[derive(Default, Debug)]
 pub struct Health {
     caught_up: AtomicBool,
+    load: LoadBoard,
 }
 
 impl Health {
+    pub fn load(&self) -> &LoadBoard {
+        &self.load
+    }
+
     /// `Ok` when healthy, else the reason.
     pub fn check(&self, raft: &RaftNode) -> Result<(), String> {
         if raft.leader().is_none() {

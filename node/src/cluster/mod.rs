@@ -5,6 +5,7 @@
 pub mod autopilot;
 pub mod failure_detector;
 pub mod health;
+pub mod load;
 pub mod rpc;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,7 +25,11 @@ use crate::util::wall_ms;
 use autopilot::{AutopilotConfig, MemberView};
 use failure_detector::FailureDetector;
 pub use health::Health;
-use rpc::{Admit, AdmitRequest, Heartbeat, Join, JoinRequest, JoinResponse};
+use load::{LoadCollector, FANOUT_INTERVAL};
+use rpc::{
+    Admit, AdmitRequest, ClusterDatagram, Heartbeat, Join, JoinRequest, JoinResponse,
+    PushLoadTable, MAX_DATAGRAM_BYTES,
+};
 
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -122,7 +127,7 @@ pub fn register_command(id: u64, info: &NodeInfo) -> Command {
     }
 }
 
-/// Starts the background duties; returns the health tracker.
+/// Starts the background duties; returns the health tracker (which also holds the load board).
 pub fn spawn_duties(
     endpoint: Endpoint,
     raft: Arc<RaftNode>,
@@ -130,20 +135,39 @@ pub fn spawn_duties(
     shutdown: watch::Receiver<bool>,
 ) -> Arc<Health> {
     let detector: Arc<Mutex<Option<LeaderDetector>>> = Arc::new(Mutex::new(None));
+    let collector: Arc<Mutex<Option<LoadCollector>>> = Arc::new(Mutex::new(None));
     let health = Arc::new(Health::default());
 
-    tokio::spawn(receive_heartbeats(
+    serve_load_table_pushes(&endpoint, health.clone());
+    tokio::spawn(receive_datagrams(
         endpoint.clone(),
         detector.clone(),
+        collector.clone(),
+        health.clone(),
         shutdown.clone(),
     ));
     tokio::spawn(send_heartbeats(
+        endpoint.clone(),
+        raft.clone(),
+        cfg.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(fan_out_load(
         endpoint,
         raft.clone(),
         cfg.clone(),
+        collector,
+        health.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(lead(raft.clone(), cfg.clone(), detector, shutdown.clone()));
+    tokio::spawn(lead(
+        raft.clone(),
+        cfg.clone(),
+        detector,
+        health.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(autopilot_loop(raft.clone(), cfg.clone(), shutdown.clone()));
     tokio::spawn(health::track(raft, cfg, health.clone(), shutdown));
     health
@@ -155,9 +179,11 @@ struct LeaderDetector {
     detector: FailureDetector,
 }
 
-async fn receive_heartbeats(
+async fn receive_datagrams(
     endpoint: Endpoint,
     detector: Arc<Mutex<Option<LeaderDetector>>>,
+    collector: Arc<Mutex<Option<LoadCollector>>>,
+    health: Arc<Health>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut datagrams = endpoint.datagrams();
@@ -167,23 +193,55 @@ async fn receive_heartbeats(
             msg = datagrams.recv() => {
                 let Some((peer, bytes)) = msg else { return };
                 let Some(node) = peer.node_id else { continue };
-                match postcard::from_bytes::<Heartbeat>(&bytes) {
-                    Ok(_hb) => {
+                match postcard::from_bytes::<ClusterDatagram>(&bytes) {
+                    Ok(ClusterDatagram::Heartbeat(hb)) => {
+                        let now = Instant::now();
                         if let Some(d) = detector.lock().as_mut() {
-                            d.detector.heartbeat(node, Instant::now());
+                            d.detector.heartbeat(node, now);
+                        }
+                        if let Some(c) = collector.lock().as_mut() {
+                            c.record(node, hb.seq, hb.load, now);
                         }
                     }
-                    Err(e) => debug!(node, error = %e, "ignoring a malformed heartbeat"),
+                    Ok(ClusterDatagram::LoadTable(table)) => take_load_table(&health, node, table),
+                    Err(e) => debug!(node, error = %e, "ignoring a malformed datagram"),
                 }
             }
         }
     }
 }
 
+/// A load table counts only from the leader it names (the sender's certificate says who it is).
+fn take_load_table(health: &Health, sender: u64, table: load::LoadTableMsg) {
+    if table.leader != sender {
+        debug!(
+            sender,
+            named = table.leader,
+            "ignoring a load table sent on another node's behalf"
+        );
+        return;
+    }
+    health.load().offer(table, Instant::now());
+}
+
+fn serve_load_table_pushes(endpoint: &Endpoint, health: Arc<Health>) {
+    endpoint.register::<PushLoadTable, _, _>(move |peer: PeerInfo, table| {
+        let health = health.clone();
+        async move {
+            let sender = peer.node_id.ok_or_else(|| {
+                RpcError::NotAuthorized("load tables come from cluster members".into())
+            })?;
+            take_load_table(&health, sender, table);
+            Ok(())
+        }
+    });
+}
+
 async fn send_heartbeats(
     endpoint: Endpoint,
     raft: Arc<RaftNode>,
     cfg: ClusterConfig,
+    health: Arc<Health>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(cfg.heartbeat_interval);
@@ -193,6 +251,9 @@ async fn send_heartbeats(
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
+        }
+        if let Some(age) = health.load().table_age(Instant::now()) {
+            metrics::gauge!("stator_router_load_table_age_seconds").set(age.as_secs_f64());
         }
         let Some((leader, addr)) = raft.leader() else {
             continue;
@@ -204,10 +265,10 @@ async fn send_heartbeats(
             continue;
         };
         seq += 1;
-        let hb = Heartbeat {
+        let hb = ClusterDatagram::Heartbeat(Heartbeat {
             seq,
-            ..Default::default()
-        };
+            load: health.load().local_report(),
+        });
         let Ok(bytes) = postcard::to_allocvec(&hb) else {
             continue;
         };
@@ -219,11 +280,93 @@ async fn send_heartbeats(
     }
 }
 
+/// On the leader: every [`FANOUT_INTERVAL`], send the latest load of every node (its own
+/// included) to every peer that is up, each send with that interval as its deadline.
+async fn fan_out_load(
+    endpoint: Endpoint,
+    raft: Arc<RaftNode>,
+    cfg: ClusterConfig,
+    collector: Arc<Mutex<Option<LoadCollector>>>,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(FANOUT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The leader's own report never travels as a heartbeat; number it here.
+    let mut own_seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if !raft.is_leader() {
+            *collector.lock() = None;
+            continue;
+        }
+        let term = raft.metrics().borrow().current_term;
+        let now = Instant::now();
+        own_seq += 1;
+        let table = {
+            let mut guard = collector.lock();
+            if guard.as_ref().is_none_or(|c| c.term() != term) {
+                *guard = Some(LoadCollector::new(term));
+            }
+            let Some(c) = guard.as_mut() else { continue };
+            c.record(cfg.node_id, own_seq, health.load().local_report(), now);
+            c.table(cfg.node_id, now)
+        };
+        health.load().offer(table.clone(), now);
+        let peers: Vec<std::net::SocketAddr> = raft
+            .state()
+            .borrow()
+            .nodes
+            .iter()
+            .filter(|(id, n)| **id != cfg.node_id && n.status == NodeStatus::Up)
+            .filter_map(|(_, n)| n.quic_addr.parse().ok())
+            .collect();
+        if peers.is_empty() {
+            continue;
+        }
+        let datagram = match postcard::to_allocvec(&ClusterDatagram::LoadTable(table.clone())) {
+            Ok(bytes) if bytes.len() <= MAX_DATAGRAM_BYTES => Some(bytes::Bytes::from(bytes)),
+            Ok(_) => None,
+            Err(e) => {
+                warn!(error = %e, "cannot encode the load table");
+                continue;
+            }
+        };
+        let table = Arc::new(table);
+        for addr in peers {
+            let endpoint = endpoint.clone();
+            let datagram = datagram.clone();
+            let table = table.clone();
+            tokio::spawn(async move {
+                let sent = match datagram {
+                    Some(bytes) => {
+                        tokio::time::timeout(FANOUT_INTERVAL, endpoint.send_datagram(addr, bytes))
+                            .await
+                            .unwrap_or(Err(RpcError::Timeout))
+                    }
+                    None => {
+                        endpoint
+                            .call_timeout::<PushLoadTable>(addr, &table, FANOUT_INTERVAL)
+                            .await
+                    }
+                };
+                if let Err(e) = sent {
+                    debug!(%addr, error = %e, "load table not sent");
+                }
+            });
+        }
+    }
+}
+
 /// On the leader: run the failure detector and commit status transitions.
 async fn lead(
     raft: Arc<RaftNode>,
     cfg: ClusterConfig,
     detector: Arc<Mutex<Option<LeaderDetector>>>,
+    health: Arc<Health>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let period = (cfg.down_after / 10).clamp(Duration::from_millis(5), Duration::from_millis(25));
@@ -281,7 +424,8 @@ async fn lead(
                 at_ms: wall_ms(),
             }];
             if to == NodeStatus::Down {
-                let moved = reassign_leases(&state, t.node, &BTreeMap::new());
+                let load = health.load().table().borrow().active_blocks(now);
+                let moved = reassign_leases(&state, t.node, &load);
                 if !moved.is_empty() {
                     info!(
                         node = t.node,

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use stator_raft::model::GpuInfo;
 use stator_transport::{Method, NodeCsr};
 
+use super::load::LoadTableMsg;
+
 /// Step 1 of joining, served on join connections (no client certificate yet): prove knowledge
 /// of the join secret and get a node certificate signed by the cluster CA.
 pub struct Join;
@@ -50,6 +52,25 @@ impl Method for Admit {
     type Response = ();
 }
 
+/// Every datagram peers exchange; one receiver per endpoint tells them apart by this tag.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ClusterDatagram {
+    Heartbeat(Heartbeat),
+    LoadTable(LoadTableMsg),
+}
+
+/// Largest datagram payload we send: below QUIC's smallest datagram size on a 1280-byte path.
+pub const MAX_DATAGRAM_BYTES: usize = 1100;
+
+/// The leader's load table, for tables too large for one datagram.
+pub struct PushLoadTable;
+
+impl Method for PushLoadTable {
+    const NAME: &'static str = "cluster.load_table";
+    type Request = LoadTableMsg;
+    type Response = ();
+}
+
 /// Heartbeat datagram from a peer to the leader.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Heartbeat {
@@ -59,7 +80,7 @@ pub struct Heartbeat {
 }
 
 /// What a peer reports about its load with each heartbeat.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadReport {
     pub queue_depth: u32,
     pub running_seqs: u32,

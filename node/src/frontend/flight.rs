@@ -58,6 +58,8 @@ pub(super) struct Flight {
     epoch: u64,
     /// The prefill worker for the first attempt; a resumed stream re-prefills on its owner.
     prefill: Option<WorkerId>,
+    /// The router's first decision, whose in-flight accounting is released at the end.
+    routed: Decision,
     request: GenerateRequest,
     delivered: Vec<u32>,
     reconciler: StreamReconciler,
@@ -78,6 +80,7 @@ impl Flight {
             owner: decision.decode,
             epoch,
             prefill: decision.prefill,
+            routed: decision,
             delivered: request.generated.clone(),
             reconciler: {
                 let mut r = StreamReconciler::new(epoch);
@@ -94,7 +97,6 @@ impl Flight {
 
     /// Runs the request to its end, then releases the lease.
     pub async fn fly(mut self, tx: mpsc::Sender<EngineEvent>) {
-        let first_owner = self.owner;
         loop {
             let (reason, detail) = match self.attempt(&tx).await {
                 Attempt::Ended | Attempt::ClientGone => break,
@@ -126,7 +128,7 @@ impl Flight {
             }
         }
         self.shared
-            .release_route(first_owner, self.request.prompt.len());
+            .release_route(&self.routed, self.request.prompt.len());
         self.release().await;
     }
 
@@ -302,11 +304,11 @@ impl Flight {
     }
 
     async fn reassign_myself(&mut self) -> Result<(), String> {
-        let new_owner = self
+        let decision = self
             .shared
-            .route(self.request.prompt.len(), Some(self.owner))
-            .map_err(|_| "no other worker is available".to_string())?
-            .decode;
+            .route(&self.request.prompt, Some(self.owner))
+            .map_err(|_| "no other worker is available".to_string())?;
+        let new_owner = decision.decode;
         let cmd = Command::ReassignLease {
             request_id: self.request_id.clone(),
             new_owner,
@@ -314,7 +316,7 @@ impl Flight {
         };
         let outcome = self.shared.raft.write(vec![cmd]).await;
         self.shared
-            .release_route(new_owner, self.request.prompt.len());
+            .release_route(&decision, self.request.prompt.len());
         match outcome
             .map_err(|e| e.to_string())?
             .results

@@ -2,22 +2,26 @@
 //! [`Flight`](super::flight) that streams it (and migrates it) until it ends.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use parking_lot::Mutex;
+use stator_gpu::kv::block_hashes;
 use stator_gpu::request::GenerateRequest;
 use stator_raft::model::{
     Applied, ClusterState, Command, NodeStatus, WorkerId, WorkerRole, WorkerState,
 };
 use stator_raft::RaftNode;
 use stator_transport::Endpoint;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use super::flight::Flight;
+use super::kv_feed;
+use super::load::LoadApplier;
+use crate::cluster::load::LoadTable;
 use crate::openai::source::{EngineEvents, GenerateError, TokenSource};
 use crate::router::{Decision, Router, RouterConfig};
 use crate::util::wall_ms;
@@ -62,24 +66,45 @@ pub(super) struct Shared {
     pub endpoint: Endpoint,
     pub node_id: u64,
     pub cfg: FrontendConfig,
-    pub router: Mutex<Router>,
+    pub router: Arc<Mutex<Router>>,
+    /// The leader's load table (see [`RemoteTokenSource::with_load_table`]).
+    load_table: OnceLock<watch::Receiver<LoadTable>>,
+    load_applier: Mutex<LoadApplier>,
     next_lease: AtomicU64,
 }
 
 impl RemoteTokenSource {
+    /// Starts following every worker's KV events (needs a tokio runtime; without one the
+    /// router goes by load alone).
     pub fn new(raft: Arc<RaftNode>, endpoint: Endpoint, cfg: FrontendConfig) -> Self {
         let node_id = raft.node_id();
-        let router_cfg = cfg.router.clone();
+        let router = Arc::new(Mutex::new(Router::new(cfg.router.clone())));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            kv_feed::spawn(raft.clone(), endpoint.clone(), &router);
+        } else {
+            warn!("no tokio runtime: the router will not see the workers' KV caches");
+        }
         Self {
             inner: Arc::new(Shared {
                 raft,
                 endpoint,
                 node_id,
                 cfg,
-                router: Mutex::new(Router::new(router_cfg)),
+                router,
+                load_table: OnceLock::new(),
+                load_applier: Mutex::new(LoadApplier::default()),
                 next_lease: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Routes with the live load of the leader's fan-out (`Health::load().table()`); without
+    /// it the router knows only this frontend's own in-flight requests.
+    pub fn with_load_table(self, table: watch::Receiver<LoadTable>) -> Self {
+        if self.inner.load_table.set(table).is_err() {
+            warn!("a load table was already attached; keeping the first");
+        }
+        self
     }
 }
 
@@ -93,12 +118,12 @@ impl TokenSource for RemoteTokenSource {
             let seq = shared.next_lease.fetch_add(1, Ordering::Relaxed);
             // The API's ids are only unique per peer; a lease key must be unique cluster-wide.
             let request_id = format!("{}/{}/{}", shared.node_id, seq, req.id);
-            let decision = shared.route(req.prompt.len(), None)?;
+            let decision = shared.route(&req.prompt, None)?;
             let owner = decision.decode;
             let epoch = match shared.grant(&request_id, owner).await {
                 Ok(epoch) => epoch,
                 Err(e) => {
-                    shared.release_route(owner, req.prompt.len());
+                    shared.release_route(&decision, req.prompt.len());
                     return Err(e);
                 }
             };
@@ -115,14 +140,14 @@ impl TokenSource for RemoteTokenSource {
     }
 }
 
-/// Workers a request may run on: active decode-capable workers of peers that are up.
+/// Workers the router may pick from: active workers of peers that are up. The router sends
+/// requests to decode-capable ones and prefill legs to prefill ones.
 pub(super) fn routable_workers(state: &ClusterState) -> Vec<(WorkerId, WorkerRole)> {
     state
         .workers
         .iter()
         .filter(|(id, w)| {
             w.state == WorkerState::Active
-                && matches!(w.role, WorkerRole::Decode | WorkerRole::Aggregated)
                 && state
                     .nodes
                     .get(&id.node)
@@ -133,27 +158,40 @@ pub(super) fn routable_workers(state: &ClusterState) -> Vec<(WorkerId, WorkerRol
 }
 
 impl Shared {
-    /// Picks the workers for a prompt of `prompt_len` tokens, never `exclude` as the decode
-    /// worker.
+    /// Picks the workers for `prompt`, never `exclude`.
     pub(super) fn route(
         &self,
-        prompt_len: usize,
+        prompt: &[u32],
         exclude: Option<WorkerId>,
     ) -> Result<Decision, GenerateError> {
         let mut workers = routable_workers(&self.raft.state().borrow());
         workers.retain(|(id, _)| Some(*id) != exclude);
+        let hashes = block_hashes(prompt, self.cfg.router.block_size);
+        let uniform: f64 = rand::random();
         let mut router = self.router.lock();
+        let started = Instant::now();
         router.set_workers(workers);
-        router.route(&[], prompt_len, 0.0).map_err(|e| {
+        if let Some(table) = self.load_table.get() {
+            self.load_applier
+                .lock()
+                .apply(&mut router, &table.borrow(), started);
+        }
+        let decided = router.route(&hashes, prompt.len(), uniform);
+        metrics::histogram!("stator_router_decision_seconds").record(started.elapsed());
+        metrics::gauge!("stator_router_workers").set(router.workers() as f64);
+        metrics::gauge!("stator_router_indexed_blocks").set(router.indexed_blocks() as f64);
+        drop(router);
+        let why = decided.as_ref().map_or("no_worker", |d| d.why);
+        metrics::counter!("stator_router_decisions_total", "why" => why).increment(1);
+        decided.map_err(|e| {
             warn!(error = %e, "no worker for a request");
             GenerateError::Unavailable(e.to_string())
         })
     }
 
-    /// Gives back this frontend's in-flight accounting for a request routed to `worker`.
-    pub(super) fn release_route(&self, worker: WorkerId, prompt_len: usize) {
-        let blocks = prompt_len.div_ceil(self.router.lock().config().block_size.max(1));
-        self.router.lock().release(worker, blocks as u32);
+    /// Gives back this frontend's in-flight accounting for a request routed by `decision`.
+    pub(super) fn release_route(&self, decision: &Decision, prompt_len: usize) {
+        self.router.lock().release(decision, prompt_len);
     }
 
     async fn grant(&self, request_id: &str, owner: WorkerId) -> Result<u64, GenerateError> {
@@ -230,6 +268,16 @@ mod tests {
         s.workers
             .insert(w(5), worker(WorkerRole::Aggregated, WorkerState::Draining));
         let ids: Vec<WorkerId> = routable_workers(&s).into_iter().map(|(id, _)| id).collect();
-        assert_eq!(ids, vec![w(1), w(3)]);
+        assert_eq!(
+            ids,
+            vec![w(1), w(3), w(4)],
+            "prefill workers are candidates too"
+        );
+        let mut router = Router::new(RouterConfig::default());
+        router.set_workers(routable_workers(&s));
+        for _ in 0..4 {
+            let d = router.route(&[], 64, 0.0).unwrap();
+            assert!([w(1), w(3)].contains(&d.decode), "{d:?}");
+        }
     }
 }

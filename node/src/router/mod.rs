@@ -63,6 +63,13 @@ pub struct Decision {
     pub why: &'static str,
 }
 
+impl Decision {
+    /// The workers this decision puts load on: the decode worker, then the prefill worker.
+    pub fn targets(&self) -> impl Iterator<Item = WorkerId> {
+        std::iter::once(self.decode).chain(self.prefill)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RouteError {
     #[error("no active decode or aggregated worker is available")]
@@ -89,23 +96,16 @@ impl Router {
         &self.cfg
     }
 
-    /// Replaces the set of routable workers: active workers on nodes that are up. Workers that
-    /// disappear lose their prefix index entries.
+    /// Replaces the set of workers a request may go to (active workers of peers that are up).
+    /// The prefix index is left alone: it follows the KV feed, which clears a worker's entries
+    /// when its stream breaks or it leaves, so a worker that drains and comes back keeps them.
     pub fn set_workers(&mut self, active: impl IntoIterator<Item = (WorkerId, WorkerRole)>) {
         let mut next = BTreeMap::new();
         for (id, role) in active {
             let view = match self.workers.remove(&id) {
-                Some(mut v) if v.role == role => {
+                Some(mut v) => {
                     v.role = role;
                     v
-                }
-                Some(_) => {
-                    self.index.remove_worker(id);
-                    WorkerView {
-                        role,
-                        load: Load::default(),
-                        pending_blocks: 0,
-                    }
                 }
                 None => WorkerView {
                     role,
@@ -115,31 +115,53 @@ impl Router {
             };
             next.insert(id, view);
         }
-        for gone in std::mem::take(&mut self.workers).into_keys() {
-            self.index.remove_worker(gone);
-        }
         self.workers = next;
     }
 
+    /// A fresh load report for `worker`, which already counts what this frontend sent it.
     pub fn set_load(&mut self, worker: WorkerId, load: Load) {
         if let Some(v) = self.workers.get_mut(&worker) {
             v.load = load;
-            // A fresh report includes what we sent before it.
             v.pending_blocks = 0;
         }
     }
 
-    pub fn apply_kv_event(&mut self, worker: WorkerId, event: &KvEvent) {
-        if self.workers.contains_key(&worker) {
-            self.index.apply(worker, event);
+    /// The worker's report went stale: only this frontend's own accounting is left to go by.
+    pub fn forget_load(&mut self, worker: WorkerId) {
+        if let Some(v) = self.workers.get_mut(&worker) {
+            v.load = Load::default();
         }
     }
 
-    /// Releases this frontend's accounting for a finished request.
-    pub fn release(&mut self, worker: WorkerId, blocks: u32) {
-        if let Some(v) = self.workers.get_mut(&worker) {
-            v.pending_blocks = v.pending_blocks.saturating_sub(blocks);
+    pub fn apply_kv_event(&mut self, worker: WorkerId, event: &KvEvent) {
+        self.index.apply(worker, event);
+    }
+
+    /// Forgets the blocks `worker` was known to hold (its feed broke, reset, or it left).
+    pub fn clear_kv(&mut self, worker: WorkerId) {
+        self.index.remove_worker(worker);
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn worker_ids(&self) -> impl Iterator<Item = WorkerId> + '_ {
+        self.workers.keys().copied()
+    }
+
+    /// Releases this frontend's accounting for a finished request routed by `decision`.
+    pub fn release(&mut self, decision: &Decision, prompt_tokens: usize) {
+        let blocks = self.prompt_blocks(prompt_tokens);
+        for target in decision.targets() {
+            if let Some(v) = self.workers.get_mut(&target) {
+                v.pending_blocks = v.pending_blocks.saturating_sub(blocks);
+            }
         }
+    }
+
+    fn prompt_blocks(&self, prompt_tokens: usize) -> u32 {
+        u32::try_from(prompt_tokens.div_ceil(self.cfg.block_size.max(1))).unwrap_or(u32::MAX)
     }
 
     pub fn indexed_blocks(&self) -> usize {
@@ -155,13 +177,13 @@ impl Router {
         uniform: f64,
     ) -> Result<Decision, RouteError> {
         let bs = self.cfg.block_size.max(1);
-        let prompt_blocks = prompt_tokens.div_ceil(bs) as u32;
+        let prompt_blocks = self.prompt_blocks(prompt_tokens);
         let overlaps = self.index.overlaps(hashes);
         let uncached_blocks = |w: &WorkerId| -> f64 {
             let hit = overlaps.get(w).copied().unwrap_or(0) as f64;
             (prompt_blocks as f64 - hit).max(0.0)
         };
-        let active = |v: &WorkerView| (v.load.active_blocks + v.pending_blocks) as f64;
+        let active = |v: &WorkerView| v.load.active_blocks as f64 + v.pending_blocks as f64;
 
         let serving: Vec<(&WorkerId, &WorkerView)> = self
             .workers
@@ -235,10 +257,7 @@ impl Router {
             }
         };
         // Account for the blocks this request will occupy until the next load report.
-        for target in [Some(decision.decode), decision.prefill]
-            .into_iter()
-            .flatten()
-        {
+        for target in decision.targets() {
             if let Some(v) = self.workers.get_mut(&target) {
                 v.pending_blocks = v.pending_blocks.saturating_add(prompt_blocks);
             }

@@ -1,8 +1,15 @@
 //! The worker runtime on every peer with an engine: registers the engine as a worker and serves
 //! `worker.generate` streams under request leases, fencing itself when it loses the quorum.
+//! It also serves `worker.prefill` (computes a prompt prefix for a decode worker on another peer
+//! and pushes its KV blocks) and, when the router chose a prefill worker for a request, pulls
+//! the prompt's KV from it before decoding (`kv_transfer.rs`).
 
+pub mod drain;
 mod fence;
+pub mod kv_events;
+pub mod kv_transfer;
 mod lease_check;
+pub mod prefill;
 mod register;
 mod service;
 pub mod wire;
@@ -18,6 +25,8 @@ use tokio::sync::watch;
 use tracing::error;
 
 use fence::Fence;
+use kv_transfer::KvTransferConfig;
+use prefill::{serve_prefill, PrefillService};
 use register::register_worker;
 use service::{serve_generate, GenerateService};
 
@@ -35,6 +44,8 @@ pub struct WorkerConfig {
     pub fenced_give_up: Duration,
     /// How long registration keeps retrying before it gives up (and logs).
     pub register_deadline: Duration,
+    /// Deadlines and chunk size of KV transfers (both directions).
+    pub kv_transfer: KvTransferConfig,
 }
 
 impl Default for WorkerConfig {
@@ -46,6 +57,7 @@ impl Default for WorkerConfig {
             lease_wait: Duration::from_secs(2),
             fenced_give_up: Duration::from_secs(5),
             register_deadline: Duration::from_secs(120),
+            kv_transfer: KvTransferConfig::default(),
         }
     }
 }
@@ -80,6 +92,7 @@ pub fn start(
         cfg.lease_timeout,
         shutdown,
     ));
+    kv_events::publish(endpoint, &engine.handle, health.load());
     let info = WorkerInfo {
         role: cfg.role,
         state: WorkerState::Active,
@@ -87,6 +100,14 @@ pub fn start(
         kv_blocks_total: engine.handle.stats().kv_blocks_total as u64,
         device: engine.device,
     };
+    serve_prefill(
+        endpoint,
+        Arc::new(PrefillService {
+            engine: engine.handle.clone(),
+            model: info.model.clone(),
+            transfer: cfg.kv_transfer.clone(),
+        }),
+    );
     serve_generate(
         endpoint,
         Arc::new(GenerateService {
@@ -97,6 +118,9 @@ pub fn start(
             lease_wait: cfg.lease_wait,
             fence_check: (cfg.lease_timeout / 4).max(Duration::from_millis(10)),
             fenced_give_up: cfg.fenced_give_up,
+            endpoint: endpoint.clone(),
+            model: info.model.clone(),
+            transfer: cfg.kv_transfer.clone(),
         }),
     );
     tokio::spawn(async move {

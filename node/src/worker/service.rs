@@ -4,17 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use stator_gpu::engine::EngineHandle;
-use stator_gpu::request::EngineEvent;
-use stator_raft::model::{ClusterState, WorkerId};
+use stator_gpu::engine::{EngineHandle, EventStream, SubmitError};
+use stator_gpu::request::{EngineEvent, GenerateRequest};
+use stator_raft::model::{ClusterState, NodeStatus, WorkerId, WorkerRole, WorkerState};
 use stator_raft::RaftNode;
 use stator_transport::{Endpoint, FramedRecv, FramedSend, PeerInfo};
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::fence::Fence;
+use super::kv_transfer::{pull_prefix, KvTransferConfig};
 use super::lease_check::{standing, LeaseStanding};
-use super::wire::{GenerateHeader, WorkerFrame, GENERATE_STREAM};
+use super::wire::{GenerateHeader, PrefillHeader, WorkerFrame, GENERATE_STREAM};
 
 pub struct GenerateService {
     pub raft: Arc<RaftNode>,
@@ -27,6 +28,11 @@ pub struct GenerateService {
     pub fence_check: Duration,
     /// A stream fenced this long ends (its blocks are freed); its frontend has moved on.
     pub fenced_give_up: Duration,
+    /// Pulls prompt KV from prefill workers.
+    pub endpoint: Endpoint,
+    /// Served model name (a prefill worker must serve the same).
+    pub model: String,
+    pub transfer: KvTransferConfig,
 }
 
 /// Registers the `worker.generate` handler on `endpoint`.
@@ -87,7 +93,11 @@ impl GenerateService {
         let mut request = header.request.clone();
         // The lease key is cluster-unique; the engine tracks requests by it.
         request.id = header.request_id.clone();
-        let mut events = match self.engine.submit(request) {
+        let submitted = match header.prefill {
+            Some(prefill) => self.submit_prefilled_on(prefill, header, request).await,
+            None => self.submit_local(request),
+        };
+        let mut events = match submitted {
             Ok(events) => events,
             Err(e) => {
                 let failed = EngineEvent::Failed {
@@ -134,6 +144,100 @@ impl GenerateService {
                 return Stop::Done;
             }
         }
+    }
+
+    fn submit_local(&self, request: GenerateRequest) -> Result<EventStream, SubmitError> {
+        let events = self.engine.submit(request)?;
+        metrics::counter!("stator_prefill_total", "where" => "local").increment(1);
+        Ok(events)
+    }
+
+    /// Pulls the prompt's KV from the prefill worker the router chose, then runs the request
+    /// on it. Any failure (worker gone, refusal, stall, deadline) frees what was reserved and
+    /// prefills here instead: a retry elsewhere would cost about as much as doing it locally.
+    async fn submit_prefilled_on(
+        &self,
+        prefill: WorkerId,
+        header: &GenerateHeader,
+        request: GenerateRequest,
+    ) -> Result<EventStream, SubmitError> {
+        let addr = match self.prefill_address(prefill) {
+            Ok(addr) => addr,
+            Err(why) => {
+                debug!(request = %header.request_id, %prefill, why, "prefilling locally");
+                return self.submit_local(request);
+            }
+        };
+        let mut tokens = request.prompt.clone();
+        tokens.extend(&request.generated);
+        let block_size = self.engine.kv_layout().block_size;
+        // The last token is computed here to sample the first output token with this
+        // worker's own sampler, so only full blocks before it travel.
+        tokens.truncate((tokens.len() - 1) / block_size * block_size);
+        if tokens.is_empty() {
+            return self.submit_local(request);
+        }
+        let reservation = match self.engine.reserve_prefix(&tokens).await {
+            Ok(r) if r.blocks_needed() > 0 => r,
+            Ok(_) => return self.submit_local(request), // all of it is cached here already
+            Err(e) => {
+                kv_transfer_failed("reserve");
+                warn!(request = %header.request_id, error = %e, "cannot reserve KV blocks; prefilling locally");
+                return self.submit_local(request);
+            }
+        };
+        let prefill_header = PrefillHeader {
+            request_id: header.request_id.clone(),
+            epoch: header.epoch,
+            model: self.model.clone(),
+            layout: self.engine.kv_layout(),
+            tokens,
+            from_block: reservation.first_block() as u32,
+            deadline_ms: self.transfer.total.as_millis() as u64,
+        };
+        match pull_prefix(
+            &self.endpoint,
+            addr,
+            &prefill_header,
+            &reservation,
+            &self.transfer,
+        )
+        .await
+        {
+            Ok(pulled) => {
+                debug!(request = %header.request_id, %prefill, ?pulled, "prompt KV received");
+                self.engine.submit_with_prefix(request, reservation)
+            }
+            Err(e) => {
+                kv_transfer_failed(e.reason());
+                warn!(request = %header.request_id, %prefill, error = %e, "KV transfer failed; prefilling locally");
+                drop(reservation);
+                self.submit_local(request)
+            }
+        }
+    }
+
+    /// Where to reach `prefill`, if it is an active prefill worker on a live peer.
+    fn prefill_address(&self, prefill: WorkerId) -> Result<std::net::SocketAddr, &'static str> {
+        if prefill.node == self.me.node {
+            return Err("the prefill worker is this peer");
+        }
+        let state = self.raft.state();
+        let state = state.borrow();
+        let worker = state
+            .workers
+            .get(&prefill)
+            .ok_or("unknown prefill worker")?;
+        if worker.role != WorkerRole::Prefill || worker.state != WorkerState::Active {
+            return Err("not an active prefill worker");
+        }
+        let node = state.nodes.get(&prefill.node).ok_or("unknown node")?;
+        if node.status != NodeStatus::Up {
+            return Err("its peer is not up");
+        }
+        node.quic_addr
+            .parse()
+            .map_err(|_| "unparsable peer address")
     }
 
     async fn await_lease(
@@ -215,4 +319,8 @@ impl GenerateService {
             )),
         }
     }
+}
+
+fn kv_transfer_failed(reason: &'static str) {
+    metrics::counter!("stator_kv_transfer_failures_total", "reason" => reason).increment(1);
 }

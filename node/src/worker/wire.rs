@@ -1,6 +1,8 @@
-//! What travels on a `worker.generate` stream, shared by the worker and the frontend.
+//! What travels on the `worker.generate` stream (shared by the worker and the frontend) and on
+//! the `worker.prefill` stream (between a decode worker and a prefill worker).
 
 use serde::{Deserialize, Serialize};
+use stator_gpu::backend::KvLayout;
 use stator_gpu::request::{EngineEvent, GenerateRequest};
 use stator_raft::model::WorkerId;
 
@@ -25,4 +27,64 @@ pub enum WorkerFrame {
     Event(EngineEvent),
     /// The worker will not (or no longer) stream for this lease; nothing was generated after it.
     Refused(String),
+}
+
+/// Name of the raw stream a worker serves to prefill a prompt for another worker and push its
+/// KV blocks back.
+pub const PREFILL_STREAM: &str = "worker.prefill";
+
+/// The decode worker's only frame on a `worker.prefill` stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PrefillHeader {
+    /// The lease key of the request being served, and its epoch (for logs and engine ids).
+    pub request_id: String,
+    pub epoch: u64,
+    /// Served model name; the prefill worker refuses another model.
+    pub model: String,
+    /// The decode worker's KV geometry; blocks move only between equal layouts.
+    pub layout: KvLayout,
+    /// Whole blocks of the prompt (the decode worker computes the rest itself).
+    pub tokens: Vec<u32>,
+    /// The decode worker already holds blocks `0..from_block`: only the rest is sent.
+    pub from_block: u32,
+    /// How long the decode worker waits for the whole transfer, in milliseconds: later blocks
+    /// would be thrown away, so the prefill worker stops working on them then.
+    pub deadline_ms: u64,
+}
+
+/// The prefill worker's frames: `Accepted`, then `Blocks` (each followed by one raw frame
+/// holding exactly `count` blocks), then `End`; or one `Refused` at any point, ending it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PrefillFrame {
+    Accepted { first_block: u32, num_blocks: u32 },
+    Blocks { first_block: u32, count: u32 },
+    End,
+    Refused(PrefillRefusal),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PrefillRefusal {
+    #[error("this worker serves model {served:?}, not {asked:?}")]
+    ModelMismatch { served: String, asked: String },
+    #[error("KV layouts differ: this worker has {served:?}, the caller {asked:?}")]
+    LayoutMismatch { served: KvLayout, asked: KvLayout },
+    #[error("the prefill request is invalid: {0}")]
+    Invalid(String),
+    #[error("the prefill worker cannot take it now: {0}")]
+    Busy(String),
+    #[error("the prefill failed: {0}")]
+    Failed(String),
+}
+
+impl PrefillRefusal {
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::ModelMismatch { .. } => "model_mismatch",
+            Self::LayoutMismatch { .. } => "layout_mismatch",
+            Self::Invalid(_) => "invalid",
+            Self::Busy(_) => "busy",
+            Self::Failed(_) => "prefill_failed",
+        }
+    }
 }

@@ -3,7 +3,8 @@
 
 use super::command::{Applied, Batch, BatchResponse, Command, CommandError, CommandResult};
 use super::state::{
-    ClusterState, Lease, NodeInfo, NodeStatus, Slo, WorkerId, WorkerState, PLANNER_HISTORY_LIMIT,
+    ClusterState, Lease, NodeInfo, NodeStatus, PendingRole, Slo, WorkerId, WorkerInfo, WorkerRole,
+    WorkerState, PLANNER_HISTORY_LIMIT,
 };
 use crate::types::NodeId;
 
@@ -72,6 +73,7 @@ impl ClusterState {
                     node.status_since_ms = *at_ms;
                 }
                 self.workers.retain(|w, _| w.node != *id);
+                self.pending_roles.retain(|w, _| w.node != *id);
                 Ok(Applied::Done)
             }
             Command::SetJoinSecret { secret_hash } => {
@@ -107,7 +109,18 @@ impl ClusterState {
             Command::UpsertWorker { id, info } => {
                 self.require_live_node(id.node)?;
                 require_non_empty("model", &info.model)?;
-                self.workers.insert(*id, info.clone());
+                let info = match self.workers.get(id) {
+                    // A restarting worker announces its start-up role again; the replicated
+                    // role and state win (`--role` is the initial role), so a role change made
+                    // since, or one still draining, survives the restart.
+                    Some(known) => WorkerInfo {
+                        role: known.role,
+                        state: known.state,
+                        ..info.clone()
+                    },
+                    None => info.clone(),
+                };
+                self.workers.insert(*id, info);
                 Ok(Applied::Done)
             }
             Command::SetWorkerRole { id, role } => {
@@ -116,6 +129,7 @@ impl ClusterState {
                     .get_mut(id)
                     .ok_or(CommandError::UnknownWorker(*id))?;
                 worker.role = *role;
+                self.pending_roles.remove(id);
                 Ok(Applied::Done)
             }
             Command::SetWorkerState { id, state } => {
@@ -124,8 +138,13 @@ impl ClusterState {
                     .get_mut(id)
                     .ok_or(CommandError::UnknownWorker(*id))?;
                 worker.state = *state;
+                self.pending_roles.remove(id);
                 Ok(Applied::Done)
             }
+            Command::ChangeWorkerRole { id, role, at_ms } => {
+                self.change_worker_role(*id, *role, *at_ms)
+            }
+            Command::FinishRoleChange { id, role } => self.finish_role_change(*id, *role),
             Command::GrantLease {
                 request_id,
                 owner,
@@ -215,6 +234,67 @@ impl ClusterState {
                 Ok(Applied::Done)
             }
         }
+    }
+
+    fn change_worker_role(&mut self, id: WorkerId, role: WorkerRole, at_ms: u64) -> CommandResult {
+        let worker = self
+            .workers
+            .get_mut(&id)
+            .ok_or(CommandError::UnknownWorker(id))?;
+        let from = worker.role;
+        let pending = self.pending_roles.get(&id).copied();
+        match pending {
+            None if worker.role == role => Ok(Applied::RoleAlreadySet { role }),
+            Some(_) if worker.role == role => {
+                worker.state = WorkerState::Active;
+                self.pending_roles.remove(&id);
+                Ok(Applied::RoleChangeCancelled { role })
+            }
+            // Nothing runs on an `Off` worker: there is nothing to drain.
+            None if worker.state == WorkerState::Off => {
+                worker.role = role;
+                Ok(Applied::RoleChanged { role })
+            }
+            // Retargeting keeps the original request time: the drain deadline does not restart.
+            Some(p) => {
+                self.pending_roles.insert(id, PendingRole { role, ..p });
+                Ok(Applied::RoleChangePending { from, to: role })
+            }
+            None => {
+                worker.state = WorkerState::Draining;
+                self.pending_roles.insert(
+                    id,
+                    PendingRole {
+                        role,
+                        requested_at_ms: at_ms,
+                    },
+                );
+                Ok(Applied::RoleChangePending { from, to: role })
+            }
+        }
+    }
+
+    fn finish_role_change(&mut self, id: WorkerId, role: WorkerRole) -> CommandResult {
+        let pending = self
+            .pending_roles
+            .get(&id)
+            .ok_or(CommandError::NoRoleChange(id))?
+            .role;
+        if pending != role {
+            return Err(CommandError::RoleChangeMismatch {
+                id,
+                pending,
+                given: role,
+            });
+        }
+        let worker = self
+            .workers
+            .get_mut(&id)
+            .ok_or(CommandError::UnknownWorker(id))?;
+        worker.role = role;
+        worker.state = WorkerState::Active;
+        self.pending_roles.remove(&id);
+        Ok(Applied::RoleChanged { role })
     }
 
     fn init_cluster(&mut self, cluster_id: &str) -> CommandResult {

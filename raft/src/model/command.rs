@@ -63,13 +63,30 @@ pub enum Command {
         id: WorkerId,
         info: WorkerInfo,
     },
+    /// Sets the role at once, without a drain; cancels a pending role change.
     SetWorkerRole {
         id: WorkerId,
         role: WorkerRole,
     },
+    /// Sets the state directly; cancels a pending role change.
     SetWorkerState {
         id: WorkerId,
         state: WorkerState,
+    },
+    /// Asks a worker to switch to `role` without losing a request: it becomes `Draining` with
+    /// the target remembered, and finishes the switch itself ([`Command::FinishRoleChange`])
+    /// once drained. Asking for the role it already has is a no-op; asking for its current role
+    /// while it drains towards another cancels the change. An `Off` worker switches at once.
+    ChangeWorkerRole {
+        id: WorkerId,
+        role: WorkerRole,
+        at_ms: u64,
+    },
+    /// Ends a drained role change: role := `role`, state := `Active`. Refused unless `role` is
+    /// the pending target, so a change retargeted meanwhile is finished only by its new target.
+    FinishRoleChange {
+        id: WorkerId,
+        role: WorkerRole,
     },
     /// Grants a new lease with epoch 1.
     GrantLease {
@@ -116,6 +133,23 @@ pub enum Applied {
     StaleReleaseIgnored {
         current_epoch: u64,
     },
+    /// The worker is draining towards `to` (a new change, or a pending one retargeted).
+    RoleChangePending {
+        from: WorkerRole,
+        to: WorkerRole,
+    },
+    /// The worker already had `role` and nothing was pending: nothing changed.
+    RoleAlreadySet {
+        role: WorkerRole,
+    },
+    /// A pending change was cancelled: the worker keeps `role` and is active again.
+    RoleChangeCancelled {
+        role: WorkerRole,
+    },
+    /// The worker now has `role` (a finished drain, or an `Off` worker switched at once).
+    RoleChanged {
+        role: WorkerRole,
+    },
 }
 
 pub type CommandResult = Result<Applied, CommandError>;
@@ -143,4 +177,12 @@ pub enum CommandError {
     UnknownLease(String),
     #[error("lease epoch mismatch: expected {expected}, current {current}")]
     EpochMismatch { expected: u64, current: u64 },
+    #[error("worker {0} has no role change under way")]
+    NoRoleChange(WorkerId),
+    #[error("worker {id} is changing to role {pending:?}, not {given:?}")]
+    RoleChangeMismatch {
+        id: WorkerId,
+        pending: WorkerRole,
+        given: WorkerRole,
+    },
 }

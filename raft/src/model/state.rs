@@ -71,6 +71,15 @@ pub struct WorkerInfo {
     pub device: String,
 }
 
+/// A role change under way: the worker drains (state `Draining`, routers skip it), then
+/// switches to `role`. `requested_at_ms` (the proposer's clock) starts the drain deadline, so a
+/// worker restarting mid-drain keeps the original deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRole {
+    pub role: WorkerRole,
+    pub requested_at_ms: u64,
+}
+
 /// The right to serve one request; `epoch` grows on every reassignment so that tokens from a
 /// stale owner can be told apart and dropped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +138,10 @@ pub struct ClusterState {
     /// Serialized as a list of pairs so that JSON (admin API) can carry a struct key.
     #[serde(with = "worker_pairs")]
     pub workers: BTreeMap<WorkerId, WorkerInfo>,
+    /// Role changes still draining, by worker; an entry exists only while its worker is
+    /// `Draining` towards that role.
+    #[serde(with = "worker_pairs")]
+    pub pending_roles: BTreeMap<WorkerId, PendingRole>,
     pub leases: BTreeMap<String, Lease>,
     pub planner: PlannerState,
     pub models: BTreeMap<String, ModelCard>,
@@ -146,6 +159,24 @@ impl ClusterState {
         )
     }
 
+    /// Workers a request may be decoded on: active `Decode` or `Aggregated` workers of nodes
+    /// that are up, in id order.
+    pub fn decode_capable_workers(&self) -> impl Iterator<Item = (&WorkerId, &WorkerInfo)> {
+        self.workers.iter().filter(|(id, w)| {
+            w.state == WorkerState::Active
+                && matches!(w.role, WorkerRole::Decode | WorkerRole::Aggregated)
+                && self
+                    .nodes
+                    .get(&id.node)
+                    .is_some_and(|n| n.status == NodeStatus::Up)
+        })
+    }
+
+    /// Leases owned by `worker`.
+    pub fn leases_of(&self, worker: WorkerId) -> impl Iterator<Item = (&String, &Lease)> {
+        self.leases.iter().filter(move |(_, l)| l.owner == worker)
+    }
+
     /// Leases currently owned by any worker of `node` (e.g. to reassign when it goes down).
     pub fn leases_on_node(&self, node: NodeId) -> impl Iterator<Item = (&String, &Lease)> {
         self.leases
@@ -159,19 +190,21 @@ mod worker_pairs {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use super::{WorkerId, WorkerInfo};
+    use serde::Serialize;
 
-    pub fn serialize<S: Serializer>(
-        map: &BTreeMap<WorkerId, WorkerInfo>,
+    use super::WorkerId;
+
+    pub fn serialize<S: Serializer, V: Serialize>(
+        map: &BTreeMap<WorkerId, V>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
         s.collect_seq(map.iter())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    pub fn deserialize<'de, D: Deserializer<'de>, V: Deserialize<'de>>(
         d: D,
-    ) -> Result<BTreeMap<WorkerId, WorkerInfo>, D::Error> {
-        let pairs = Vec::<(WorkerId, WorkerInfo)>::deserialize(d)?;
+    ) -> Result<BTreeMap<WorkerId, V>, D::Error> {
+        let pairs = Vec::<(WorkerId, V)>::deserialize(d)?;
         Ok(pairs.into_iter().collect())
     }
 }

@@ -493,10 +493,202 @@ fn apply_is_deterministic_across_replicas() {
 fn state_round_trips_through_postcard_and_json() {
     let mut s = two_node_state();
     s.apply(&grant("r", worker(N1, 0))).unwrap();
+    s.apply(&change_role(worker(N2, 0), WorkerRole::Prefill, 600))
+        .unwrap();
     let bytes = postcard::to_allocvec(&s).unwrap();
     let back: ClusterState = postcard::from_bytes(&bytes).unwrap();
     assert_eq!(back, s);
     let json = serde_json::to_string(&s).unwrap();
     let back: ClusterState = serde_json::from_str(&json).unwrap();
     assert_eq!(back, s);
+}
+
+fn change_role(id: WorkerId, role: WorkerRole, at_ms: u64) -> Command {
+    Command::ChangeWorkerRole { id, role, at_ms }
+}
+
+#[test]
+fn a_role_change_drains_first_and_the_worker_finishes_it() {
+    let mut s = two_node_state();
+    let w = worker(N1, 0);
+    assert_eq!(
+        s.apply(&change_role(w, WorkerRole::Prefill, 700)),
+        Ok(Applied::RoleChangePending {
+            from: WorkerRole::Decode,
+            to: WorkerRole::Prefill
+        })
+    );
+    assert_eq!(s.workers[&w].state, WorkerState::Draining);
+    assert_eq!(
+        s.workers[&w].role,
+        WorkerRole::Decode,
+        "the role waits for the drain"
+    );
+    assert_eq!(
+        s.pending_roles[&w],
+        PendingRole {
+            role: WorkerRole::Prefill,
+            requested_at_ms: 700
+        }
+    );
+    assert_eq!(
+        s.decode_capable_workers()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        vec![worker(N2, 0)],
+        "a draining worker takes no new requests"
+    );
+    assert_refused(
+        &mut s,
+        grant("req-new", w),
+        CommandError::WorkerNotActive(w),
+    );
+
+    assert_eq!(
+        s.apply(&Command::FinishRoleChange {
+            id: w,
+            role: WorkerRole::Prefill
+        }),
+        Ok(Applied::RoleChanged {
+            role: WorkerRole::Prefill
+        })
+    );
+    assert_eq!(s.workers[&w].role, WorkerRole::Prefill);
+    assert_eq!(s.workers[&w].state, WorkerState::Active);
+    assert!(s.pending_roles.is_empty());
+    // Finishing twice (a worker restarting right after its commit) is refused harmlessly.
+    assert_refused(
+        &mut s,
+        Command::FinishRoleChange {
+            id: w,
+            role: WorkerRole::Prefill,
+        },
+        CommandError::NoRoleChange(w),
+    );
+}
+
+#[test]
+fn asking_for_the_current_role_is_a_no_op_and_bad_targets_change_nothing() {
+    let mut s = two_node_state();
+    let w = worker(N1, 0);
+    let before = s.clone();
+    assert_eq!(
+        s.apply(&change_role(w, WorkerRole::Decode, 700)),
+        Ok(Applied::RoleAlreadySet {
+            role: WorkerRole::Decode
+        })
+    );
+    assert_eq!(s, before);
+    assert_refused(
+        &mut s,
+        change_role(worker(N1, 9), WorkerRole::Prefill, 700),
+        CommandError::UnknownWorker(worker(N1, 9)),
+    );
+    assert_refused(
+        &mut s,
+        Command::FinishRoleChange {
+            id: w,
+            role: WorkerRole::Prefill,
+        },
+        CommandError::NoRoleChange(w),
+    );
+}
+
+#[test]
+fn a_pending_change_can_be_retargeted_or_cancelled() {
+    let mut s = two_node_state();
+    let w = worker(N1, 0);
+    s.apply(&change_role(w, WorkerRole::Prefill, 700)).unwrap();
+    assert_eq!(
+        s.apply(&change_role(w, WorkerRole::Aggregated, 900)),
+        Ok(Applied::RoleChangePending {
+            from: WorkerRole::Decode,
+            to: WorkerRole::Aggregated
+        })
+    );
+    assert_eq!(
+        s.pending_roles[&w].requested_at_ms, 700,
+        "retargeting keeps the drain deadline"
+    );
+    // The old target can no longer finish it.
+    assert_refused(
+        &mut s,
+        Command::FinishRoleChange {
+            id: w,
+            role: WorkerRole::Prefill,
+        },
+        CommandError::RoleChangeMismatch {
+            id: w,
+            pending: WorkerRole::Aggregated,
+            given: WorkerRole::Prefill,
+        },
+    );
+    assert_eq!(
+        s.apply(&change_role(w, WorkerRole::Decode, 950)),
+        Ok(Applied::RoleChangeCancelled {
+            role: WorkerRole::Decode
+        })
+    );
+    assert_eq!(s.workers[&w].state, WorkerState::Active);
+    assert!(s.pending_roles.is_empty());
+}
+
+#[test]
+fn an_off_worker_switches_at_once() {
+    let mut s = two_node_state();
+    let w = worker(N1, 0);
+    s.apply(&Command::SetWorkerState {
+        id: w,
+        state: WorkerState::Off,
+    })
+    .unwrap();
+    assert_eq!(
+        s.apply(&change_role(w, WorkerRole::Prefill, 700)),
+        Ok(Applied::RoleChanged {
+            role: WorkerRole::Prefill
+        })
+    );
+    assert_eq!(s.workers[&w].state, WorkerState::Off);
+    assert!(s.pending_roles.is_empty());
+}
+
+#[test]
+fn a_restarting_worker_keeps_its_replicated_role_and_drain() {
+    let mut s = two_node_state();
+    let w = worker(N1, 0);
+    s.apply(&change_role(w, WorkerRole::Prefill, 700)).unwrap();
+    // The peer restarts mid-drain and announces its start-up role again.
+    let mut again = upsert(w, WorkerRole::Decode, WorkerState::Active);
+    if let Command::UpsertWorker { info, .. } = &mut again {
+        info.kv_blocks_total = 2048;
+    }
+    s.apply(&again).unwrap();
+    assert_eq!(s.workers[&w].state, WorkerState::Draining);
+    assert_eq!(
+        s.workers[&w].kv_blocks_total, 2048,
+        "the engine facts refresh"
+    );
+    assert_eq!(s.pending_roles[&w].role, WorkerRole::Prefill);
+    s.apply(&Command::FinishRoleChange {
+        id: w,
+        role: WorkerRole::Prefill,
+    })
+    .unwrap();
+    s.apply(&upsert(w, WorkerRole::Decode, WorkerState::Active))
+        .unwrap();
+    assert_eq!(
+        s.workers[&w].role,
+        WorkerRole::Prefill,
+        "the changed role survives a restart with the old --role"
+    );
+}
+
+#[test]
+fn removing_a_node_forgets_its_pending_role_changes() {
+    let mut s = two_node_state();
+    s.apply(&change_role(worker(N2, 0), WorkerRole::Prefill, 700))
+        .unwrap();
+    s.apply(&Command::RemoveNode { id: N2, at_ms: 900 })
+        .unwrap();
+    assert!(s.pending_roles.is_empty());
 }

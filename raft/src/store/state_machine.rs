@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::codec::{decode, encode};
-use crate::model::{BatchResponse, ClusterState};
+use crate::model::{Batch, BatchResponse, ClusterState};
 use crate::types::{NodeId, PeerAddr, TypeConfig};
 
 const APPLIED_KEY: &[u8] = b"applied";
@@ -51,6 +51,15 @@ pub struct SledStateMachine {
     snapshot_seq: Arc<AtomicU64>,
     /// Entries applied since the state image was last written to sled.
     unpersisted: u64,
+    /// The previously published state, taken back once no reader held it, with the batches
+    /// applied since: the next apply replays those on it instead of copying the whole state.
+    spare: Option<Spare>,
+}
+
+/// A private copy of the state that lags behind the published one by `behind`.
+struct Spare {
+    state: ClusterState,
+    behind: Vec<Batch>,
 }
 
 /// The state image is written every this many applied entries, not on every apply: writing
@@ -85,6 +94,7 @@ impl SledStateMachine {
             published,
             snapshot_seq: Arc::new(AtomicU64::new(0)),
             unpersisted: 0,
+            spare: None,
         })
     }
 
@@ -109,6 +119,34 @@ impl SledStateMachine {
 
     fn publish(&self) {
         self.published.send_replace(self.state.clone());
+    }
+
+    /// A uniquely owned copy of the current state to apply new entries to. Readers share the
+    /// published state, so mutating it in place would deep-copy all of it on every applied
+    /// chunk (that copy and its freeing were the largest CPU cost under write load); the
+    /// spare catches up by replaying the few batches it missed (`apply` is deterministic).
+    fn working_copy(&mut self) -> ClusterState {
+        match self.spare.take() {
+            Some(Spare { mut state, behind }) => {
+                for batch in &behind {
+                    state.apply_batch(batch);
+                }
+                state
+            }
+            None => (*self.state).clone(),
+        }
+    }
+
+    /// Publishes `state` and keeps the state it replaces as the next spare when no reader
+    /// still holds it.
+    fn publish_new(&mut self, state: ClusterState, applied: Vec<Batch>) {
+        let state = Arc::new(state);
+        let replaced = self.published.send_replace(state.clone());
+        self.state = state;
+        self.spare = Arc::try_unwrap(replaced).ok().map(|state| Spare {
+            state,
+            behind: applied,
+        });
     }
 }
 
@@ -220,13 +258,18 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let state = Arc::make_mut(&mut self.state);
+        let mut state = self.working_copy();
+        let mut applied = Vec::new();
         let mut responses = Vec::new();
         for entry in entries {
             self.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => BatchResponse::default(),
-                EntryPayload::Normal(batch) => state.apply_batch(&batch),
+                EntryPayload::Normal(batch) => {
+                    let response = state.apply_batch(&batch);
+                    applied.push(batch);
+                    response
+                }
                 EntryPayload::Membership(membership) => {
                     self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                     BatchResponse::default()
@@ -235,10 +278,10 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
             responses.push(response);
             self.unpersisted += 1;
         }
+        self.publish_new(state, applied);
         if self.unpersisted >= PERSIST_EVERY_ENTRIES {
             self.persist()?;
         }
-        self.publish();
         Ok(responses)
     }
 
@@ -266,6 +309,7 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         let state: ClusterState = decode(&data).map_err(|e| read_snapshot(&e))?;
         store_snapshot(&self.snapshots, meta, &data).await?;
         self.state = Arc::new(state);
+        self.spare = None;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         self.persist()?;
@@ -292,5 +336,71 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
             meta,
             snapshot: Box::new(Cursor::new(data.to_vec())),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use super::*;
+    use crate::model::Command;
+
+    fn entry(index: u64, cmds: Vec<Command>) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch(cmds)),
+        }
+    }
+
+    fn commands(chunk: u64) -> Vec<Command> {
+        let mut cmds = vec![Command::PutMeta {
+            key: format!("k{}", chunk % 7),
+            value: format!("v{chunk}"),
+        }];
+        if chunk % 3 == 0 {
+            cmds.push(Command::DeleteMeta {
+                key: format!("k{}", (chunk + 1) % 7),
+            });
+        }
+        cmds
+    }
+
+    /// Readers that hold a published state or let go of it decide whether the next apply
+    /// starts from the spare (replaying what it missed) or from a copy; either way every
+    /// published state must equal a plain replay of the same entries, and a state a reader
+    /// holds must never change under it.
+    #[tokio::test]
+    async fn published_states_match_a_plain_replay_whether_or_not_readers_hold_them() {
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let mut sm = SledStateMachine::open(
+            db.open_tree("state_machine").expect("tree"),
+            db.open_tree("snapshot").expect("tree"),
+        )
+        .expect("state machine");
+        let readers = sm.subscribe();
+        let mut reference = ClusterState::default();
+        let mut index = 0;
+        for chunk in 0..60u64 {
+            // Chunks of 1..=3 entries; every fourth chunk a reader keeps the state it saw.
+            let entries: Vec<_> = (0..chunk % 3 + 1)
+                .map(|_| {
+                    index += 1;
+                    entry(index, commands(index))
+                })
+                .collect();
+            for e in &entries {
+                if let EntryPayload::Normal(batch) = &e.payload {
+                    reference.apply_batch(batch);
+                }
+            }
+            let held = (chunk % 4 == 0).then(|| readers.borrow().clone());
+            let before = held.as_deref().cloned();
+            sm.apply(entries).await.expect("apply");
+            assert_eq!(*readers.borrow().clone(), reference, "after chunk {chunk}");
+            if let (Some(held), Some(before)) = (held, before) {
+                assert_eq!(*held, before, "a held state changed under its reader");
+            }
+        }
     }
 }

@@ -54,6 +54,13 @@ struct Args {
     out: PathBuf,
     #[arg(long)]
     plot_font: Option<PathBuf>,
+    /// `STATOR_LOG` filter of the stator peers; e.g. `warn,openraft=info,stator_raft=debug`
+    /// for a timeline probe (with --keep-dirs to read the logs afterwards).
+    #[arg(long, default_value = "warn")]
+    stator_log: String,
+    /// Keep the members' data dirs and logs instead of deleting them.
+    #[arg(long)]
+    keep_dirs: bool,
 }
 
 fn main() -> Result<()> {
@@ -103,6 +110,8 @@ fn main() -> Result<()> {
         detection_poll: Duration::from_millis(args.detection_poll_ms),
         out: args.out,
         plot_font: args.plot_font,
+        stator_log: args.stator_log,
+        keep_dirs: args.keep_dirs,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -28,6 +28,10 @@ pub struct Settings {
     pub detection_poll: Duration,
     pub out: PathBuf,
     pub plot_font: Option<PathBuf>,
+    /// `STATOR_LOG` filter of the stator peers (e.g. `warn,openraft=debug` for a probe run).
+    pub stator_log: String,
+    /// Keep the members' data dirs and logs after the run (their paths are printed).
+    pub keep_dirs: bool,
 }
 
 const CLUSTER_SIZE: usize = 3;
@@ -40,15 +44,24 @@ pub async fn run(settings: &Settings) -> Result<String> {
         systems.push((SystemKind::Etcd, etcd.clone()));
     }
     for (kind, binary) in systems {
-        let root = tempfile::Builder::new()
+        let mut root = tempfile::Builder::new()
             .prefix(&format!("clusterbench-{}-", kind.name()))
             .tempdir()?;
+        // Kept from the start, so that a run that fails still leaves its logs behind.
+        root.disable_cleanup(settings.keep_dirs);
         eprintln!(
             "[{}] starting 3 members under {}",
             kind.name(),
             root.path().display()
         );
-        let mut cluster = Cluster::start(kind, &binary, root.path(), CLUSTER_SIZE).await?;
+        let mut cluster = Cluster::start(
+            kind,
+            &binary,
+            root.path(),
+            CLUSTER_SIZE,
+            &settings.stator_log,
+        )
+        .await?;
         prefill(
             &cluster.client(),
             settings.key_space,
@@ -113,6 +126,9 @@ pub async fn run(settings: &Settings) -> Result<String> {
             trials.push(TrialFigure::new(kind, "detection", &detection, Some(400.0)));
         }
         drop(cluster);
+        if settings.keep_dirs {
+            eprintln!("[{}] kept {}", kind.name(), root.path().display());
+        }
     }
     write_results(settings, &writes, &trials)?;
     Ok(render_table(&writes, &trials))

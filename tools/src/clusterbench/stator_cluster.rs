@@ -133,7 +133,8 @@ pub struct StatorCluster {
 
 impl StatorCluster {
     /// Bootstraps the first peer, joins the others, waits until every peer is healthy.
-    pub async fn start(binary: &Path, root: &Path, size: usize) -> Result<Self> {
+    /// `peer_log` is the peers' `STATOR_LOG` filter; their logs are `root/stator{i}.log`.
+    pub async fn start(binary: &Path, root: &Path, size: usize, peer_log: &str) -> Result<Self> {
         let mut processes = Vec::new();
         let mut bases = Vec::new();
         let mut first_quic: Option<(SocketAddr, String)> = None;
@@ -159,7 +160,7 @@ impl StatorCluster {
                     token.clone(),
                 ]);
             }
-            let envs = vec![("STATOR_LOG".to_string(), "warn".to_string())];
+            let envs = vec![("STATOR_LOG".to_string(), peer_log.to_string())];
             let mut process =
                 MemberProcess::new(&format!("stator{index}"), binary, args, envs, root);
             process.start()?;

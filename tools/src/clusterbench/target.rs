@@ -64,9 +64,17 @@ pub enum Cluster {
 }
 
 impl Cluster {
-    pub async fn start(kind: SystemKind, binary: &Path, root: &Path, size: usize) -> Result<Self> {
+    pub async fn start(
+        kind: SystemKind,
+        binary: &Path,
+        root: &Path,
+        size: usize,
+        stator_log: &str,
+    ) -> Result<Self> {
         Ok(match kind {
-            SystemKind::Stator => Cluster::Stator(StatorCluster::start(binary, root, size).await?),
+            SystemKind::Stator => {
+                Cluster::Stator(StatorCluster::start(binary, root, size, stator_log).await?)
+            }
             SystemKind::Etcd => Cluster::Etcd(EtcdCluster::start(binary, root, size).await?),
         })
     }

@@ -41,6 +41,14 @@ pub async fn failover_trial(
         }
     }
     let killed_at = cluster.sigkill(leader)?;
+    // Wall-clock time of the kill, to line the trial up with the peers' log timestamps.
+    tracing::info!(
+        trial,
+        member = leader,
+        killed_unix_us = unix_micros(),
+        "{}: leader killed",
+        cluster.kind().name()
+    );
     let writers = survivors.iter().map(|&member| {
         let client = client.clone();
         Box::pin(async move {
@@ -67,9 +75,16 @@ pub async fn failover_trial(
         })
     });
     let recovered = tokio::time::timeout(settings.give_up_after, select_all(writers)).await;
-    let elapsed = recovered
-        .ok()
-        .map(|(at, _, _)| at.duration_since(killed_at).as_secs_f64() * 1e3);
+    let elapsed = recovered.ok().map(|(at, member, _)| {
+        let ms = at.duration_since(killed_at).as_secs_f64() * 1e3;
+        tracing::info!(
+            trial,
+            through = survivors[member],
+            ms,
+            "first write acknowledged"
+        );
+        ms
+    });
     if elapsed.is_none() {
         tracing::warn!(
             trial,
@@ -82,6 +97,13 @@ pub async fn failover_trial(
         .restart_and_settle(leader, settings.settle_timeout)
         .await?;
     Ok(elapsed)
+}
+
+fn unix_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
 }
 
 /// SIGKILL a follower; time until the leader's applied state shows it `down`, polled every

@@ -3,6 +3,7 @@
 mod call;
 mod handlers;
 mod pool;
+mod probe;
 mod server;
 
 use std::future::Future;
@@ -27,6 +28,7 @@ use crate::wire::{close, decode, encode, StreamOpen};
 pub(crate) use call::call_on;
 use handlers::Handlers;
 use pool::Pool;
+use probe::spawn_probe;
 
 /// Frame limit on join connections: a joiner is not yet trusted with large allocations.
 pub(crate) const JOIN_MAX_FRAME_BYTES: usize = 1024 * 1024;
@@ -38,12 +40,13 @@ pub(crate) struct Shared {
     pub(crate) cfg: TransportConfig,
     pub(crate) handlers: Handlers,
     pub(crate) datagram_tx: mpsc::Sender<(PeerInfo, Bytes)>,
+    /// Outgoing connections; the accepting side checks them when a peer connects anew.
+    pub(crate) pool: Pool,
 }
 
 struct Inner {
     quic: quinn::Endpoint,
     shared: Arc<Shared>,
-    pool: Pool,
     node_id: u64,
     local_addr: SocketAddr,
     datagrams: parking_lot::Mutex<Option<mpsc::Receiver<(PeerInfo, Bytes)>>>,
@@ -117,6 +120,13 @@ fn stateless_reset_key(identity: &NodeIdentity) -> Arc<dyn quinn::crypto::HmacKe
     Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &h.finalize()))
 }
 
+/// Closes a pooled connection whose peer stayed silent through a probe (see `probe.rs`).
+pub(crate) fn close_unresponsive(conn: &quinn::Connection, addr: SocketAddr) {
+    tracing::debug!(%addr, "peer silent through a probe; closing the connection");
+    metrics::connection_unresponsive();
+    conn.close(close::UNRESPONSIVE, b"peer unresponsive");
+}
+
 impl Endpoint {
     /// Binds `listen` (UDP) and starts serving. Must be called inside a tokio runtime.
     pub fn bind(
@@ -142,19 +152,19 @@ impl Endpoint {
         .map_err(bind_error(listen))?;
         let local_addr = quic.local_addr().map_err(bind_error(listen))?;
         let (datagram_tx, datagram_rx) = mpsc::channel(DATAGRAM_QUEUE);
+        let pool = Pool::new(quic.clone(), client, cfg.connect_timeout);
         let shared = Arc::new(Shared {
             cfg,
             handlers: Handlers::default(),
             datagram_tx,
+            pool,
         });
-        let pool = Pool::new(quic.clone(), client, shared.cfg.connect_timeout);
         tokio::spawn(server::accept_loop(quic.clone(), shared.clone()));
         tracing::info!(%local_addr, node_id = identity.node_id, "transport endpoint listening");
         Ok(Endpoint {
             inner: Arc::new(Inner {
                 quic,
                 shared,
-                pool,
                 node_id: identity.node_id,
                 local_addr,
                 datagrams: parking_lot::Mutex::new(Some(datagram_rx)),
@@ -227,29 +237,34 @@ impl Endpoint {
         timeout: Duration,
     ) -> Result<M::Response, RpcError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(timeout, self.call_untimed::<M>(addr, req))
-            .await
-            .unwrap_or(Err(RpcError::Timeout));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let result = self.call_until::<M>(addr, req, deadline).await;
         metrics::rpc_finished(M::NAME, started.elapsed(), result.as_ref().map(|_| ()));
         result
     }
 
-    async fn call_untimed<M: Method>(
+    async fn call_until<M: Method>(
         &self,
         addr: SocketAddr,
         req: &M::Request,
+        deadline: tokio::time::Instant,
     ) -> Result<M::Response, RpcError> {
         let payload = encode(req)?;
-        let (conn, peer) = self.connection(addr).await?;
-        let response = call_on(
-            &conn,
-            M::NAME,
-            payload,
-            self.cfg().max_frame_bytes,
-            &peer.label(),
-        )
-        .await?;
-        decode(&response)
+        let (conn, peer) = tokio::time::timeout_at(deadline, self.connection(addr))
+            .await
+            .map_err(|_| RpcError::Timeout)??;
+        let heard_before = conn.stats().udp_rx.datagrams;
+        let label = peer.label();
+        let call = call_on(&conn, M::NAME, payload, self.cfg().max_frame_bytes, &label);
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(response) => decode(&response?),
+            Err(_) => {
+                if conn.stats().udp_rx.datagrams == heard_before {
+                    spawn_probe(self.inner.shared.clone(), conn, peer);
+                }
+                Err(RpcError::Timeout)
+            }
+        }
     }
 
     /// Opens a raw framed stream to the `name` handler of the peer at `addr`. Opening has
@@ -329,7 +344,7 @@ impl Endpoint {
     /// Closes all connections and stops serving; pending calls fail.
     pub fn close(&self) {
         self.inner.quic.close(close::SHUTDOWN, b"endpoint closed");
-        self.inner.pool.clear();
+        self.inner.shared.pool.clear();
     }
 
     /// The pooled QUIC connection to `addr`, for tests that must put raw bytes on the wire.
@@ -346,7 +361,7 @@ impl Endpoint {
         &self,
         addr: SocketAddr,
     ) -> Result<(quinn::Connection, PeerInfo), RpcError> {
-        let pooled = self.inner.pool.get(addr).await?;
+        let pooled = self.inner.shared.pool.get(addr).await?;
         if pooled.fresh {
             metrics::track_connection(&pooled.conn);
             tokio::spawn(read_datagrams(

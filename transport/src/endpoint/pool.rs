@@ -1,6 +1,6 @@
 //! One pooled connection per peer address, re-established when it has closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,8 @@ pub(crate) struct Pool {
     client_config: quinn::ClientConfig,
     connect_timeout: Duration,
     slots: parking_lot::Mutex<HashMap<SocketAddr, Slot>>,
+    /// `stable_id`s of connections being probed (see `probe.rs`).
+    probing: parking_lot::Mutex<HashSet<usize>>,
 }
 
 /// A connection from the pool; `fresh` when it was just established.
@@ -38,6 +40,7 @@ impl Pool {
             client_config,
             connect_timeout,
             slots: parking_lot::Mutex::new(HashMap::new()),
+            probing: parking_lot::Mutex::new(HashSet::new()),
         }
     }
 
@@ -80,6 +83,28 @@ impl Pool {
             peer,
             fresh: true,
         })
+    }
+
+    /// The pooled connection to `addr` if one is open; never connects.
+    pub(crate) async fn open_connection(
+        &self,
+        addr: SocketAddr,
+    ) -> Option<(quinn::Connection, PeerInfo)> {
+        let slot = self.slots.lock().get(&addr)?.clone();
+        let guard = slot.lock().await;
+        let (conn, peer) = guard.as_ref()?;
+        conn.close_reason()
+            .is_none()
+            .then(|| (conn.clone(), peer.clone()))
+    }
+
+    /// False when a probe of connection `id` is already running.
+    pub(crate) fn begin_probe(&self, id: usize) -> bool {
+        self.probing.lock().insert(id)
+    }
+
+    pub(crate) fn end_probe(&self, id: usize) {
+        self.probing.lock().remove(&id);
     }
 
     pub(crate) fn clear(&self) {

@@ -13,6 +13,7 @@ use crate::tls::{JOIN_ALPN, MEMBER_ALPN};
 use crate::wire::{close, code_for, decode, encode, StreamOpen};
 
 use super::handlers::Lookup;
+use super::probe::probe_pooled;
 use super::{peer_node_id, read_datagrams, Shared, JOIN_MAX_FRAME_BYTES};
 
 pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
@@ -81,6 +82,7 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
             peer.clone(),
             shared.datagram_tx.clone(),
         ));
+        tokio::spawn(probe_pooled(shared.clone(), addr));
     }
     // Ends when the connection closes (peer close, idle timeout or endpoint close).
     while let Ok((send, recv)) = conn.accept_bi().await {

@@ -3,6 +3,7 @@
 mod auth;
 mod metrics;
 mod pki;
+mod restart;
 mod rpc;
 mod streams;
 

@@ -116,6 +116,11 @@ impl Gpu {
         self.stream.cu_stream()
     }
 
+    /// The stream as cudarc's handle (graph capture needs it).
+    pub(crate) fn cuda_stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
     /// Makes this context current on the calling thread (a backend may move between threads).
     pub fn bind(&self) -> Result<(), BackendError> {
         self.ctx

@@ -3,6 +3,7 @@
 //! straight into the residual (cuBLAS beta = 1), which is the "add" of each residual block.
 
 use super::gemm::OutType;
+use super::graphs::{DecodeGraphs, DecodeKey, GraphMode, Next};
 use super::kernels::{Arg, DECODE_THREADS, DECODE_TILE, NULL, PREFILL_THREADS};
 use super::plan::{validate, Limits};
 use super::{CudaBackend, MAX_DECODE_SPLITS};
@@ -44,6 +45,19 @@ impl CudaBackend {
             },
         )?;
         self.gpu.bind()?;
+        if self.graph_mode != GraphMode::Off {
+            if let Some(key) =
+                // Pad rows are rows: the bucket must fit the activation buffers too.
+                DecodeKey::of(
+                    batch,
+                    self.opts.block_size,
+                    self.opts.max_num_seqs.min(self.opts.max_batch_tokens),
+                )
+                .filter(|&key| self.graphs.accepts(key))
+            {
+                return self.run_padded_decode(batch, key);
+            }
+        }
         self.plan.build(batch, self.opts.block_size);
         let meta_bytes = self.plan.meta.len() * 4;
         if self
@@ -59,7 +73,64 @@ impl CudaBackend {
         }
         let meta = self.scratch.meta.as_ref().expect("allocated just above");
         meta.write(&self.plan.meta)?;
-        let m = |offset: usize| Arg::Ptr(meta.at::<i32>(offset));
+        let splits = decode_splits(
+            self.plan.decode_entries,
+            self.config.num_kv_heads,
+            self.plan.max_decode_ctx,
+            self.gpu.num_sms as usize,
+        );
+        self.encode(meta.ptr(), splits)
+    }
+
+    /// A decode-only step in the padded layout of `key`: replayed from its graph when one is
+    /// captured, else launched eagerly (and captured on the key's second step).
+    fn run_padded_decode(
+        &mut self,
+        batch: &[SeqStep<'_>],
+        key: DecodeKey,
+    ) -> Result<(), BackendError> {
+        let block_size = self.opts.block_size;
+        self.plan.build_padded_decode(
+            batch,
+            block_size,
+            key.bucket,
+            key.width,
+            self.cache.sink_block(),
+        );
+        // Splits follow the key, not the batch, so that a replay matches the capture.
+        let splits = decode_splits(
+            key.bucket,
+            self.config.num_kv_heads,
+            key.width * block_size,
+            self.gpu.num_sms as usize,
+        );
+        let (meta, next) = self
+            .graphs
+            .prepare(&self.gpu, key, &self.plan.meta, self.graph_mode)?;
+        match next {
+            Next::Replay => self.graphs.replay(key),
+            Next::Eager => self.encode(meta, splits),
+            Next::Capture => {
+                DecodeGraphs::begin_capture(&self.gpu)?;
+                let encoded = self.encode(meta, splits);
+                if self.graphs.finish_capture(&self.gpu, key, encoded) {
+                    self.graphs.replay(key)
+                } else {
+                    self.encode(meta, splits)
+                }
+            }
+        }
+    }
+
+    /// Enqueues the whole forward pass of `self.plan`, whose metadata is at device address
+    /// `meta`, with decode attention cut into `(split_len, num_splits)`. Only launches: no
+    /// copies, allocations or synchronisation, so it can be captured into a graph.
+    fn encode(
+        &self,
+        meta: u64,
+        (split_len, num_splits): (usize, usize),
+    ) -> Result<(), BackendError> {
+        let m = |offset: usize| Arg::Ptr(meta + (offset * 4) as u64);
 
         let c = &self.config;
         let k = &self.kernels;
@@ -74,12 +145,6 @@ impl CudaBackend {
         let block_size = self.opts.block_size as i32;
         let cache = Arg::Ptr(self.cache.ptr());
         let scale = 1.0 / (c.head_dim as f32).sqrt();
-        let (split_len, num_splits) = decode_splits(
-            p.decode_entries,
-            c.num_kv_heads,
-            p.max_decode_ctx,
-            self.gpu.num_sms as usize,
-        );
         // RMSNorm of `rows` rows of the residual stream (`row_index`: which rows, or NULL for
         // all), scaled by `weight`, into `out`.
         let rms_norm = |rows: usize, row_index: Arg, weight: u64, out: u64| {
@@ -109,19 +174,35 @@ impl CudaBackend {
                 Arg::I32(h as i32),
             ],
         )?;
+        // One-row steps fold each norm into the projection after it (see skinny_gemm.cu).
+        let fuse_norms = rows == 1 && self.fuse_norms && self.opts.skinny_gemm_max_rows >= 1;
         for (li, layer) in self.weights.layers.iter().enumerate() {
             let li = li as i32;
-            rms_norm(rows, NULL, layer.attn_norm.ptr(), s.normed.ptr())?;
-            self.linear(
-                s.qkv.ptr(),
-                OutType::F32,
-                s.normed.ptr(),
-                layer.qkv.ptr(),
-                rows,
-                h,
-                qkv_w,
-                false,
-            )?;
+            if fuse_norms && k.fused_norm_fits(h, layer.qkv.ptr()) {
+                k.skinny_norm_gemm(
+                    s.qkv.ptr(),
+                    true,
+                    s.hidden.ptr(),
+                    layer.attn_norm.ptr(),
+                    layer.qkv.ptr(),
+                    h,
+                    qkv_w,
+                    false,
+                    c.rms_norm_eps,
+                )?;
+            } else {
+                rms_norm(rows, NULL, layer.attn_norm.ptr(), s.normed.ptr())?;
+                self.linear(
+                    s.qkv.ptr(),
+                    OutType::F32,
+                    s.normed.ptr(),
+                    layer.qkv.ptr(),
+                    rows,
+                    h,
+                    qkv_w,
+                    false,
+                )?;
+            }
             k.launch(
                 &k.rope_kv_write,
                 (rows as u32, 1, 1),
@@ -218,29 +299,41 @@ impl CudaBackend {
                 h,
                 true,
             )?;
-            rms_norm(rows, NULL, layer.ffn_norm.ptr(), s.normed.ptr())?;
-            self.linear(
-                s.gate_up.ptr(),
-                OutType::Half,
-                s.normed.ptr(),
-                layer.gate_up.ptr(),
-                rows,
-                h,
-                2 * inter,
-                false,
-            )?;
-            let total = rows * inter;
-            k.launch(
-                &k.swiglu,
-                (total.div_ceil(256).min(16384) as u32, 1, 1),
-                256,
-                &[
-                    Arg::Ptr(s.gate_up.ptr()),
-                    Arg::Ptr(s.act.ptr()),
-                    Arg::I32(inter as i32),
-                    Arg::U64(total as u64),
-                ],
-            )?;
+            if fuse_norms && k.fused_norm_fits(h, layer.gate_up.ptr()) {
+                k.skinny_norm_gate_up_swiglu(
+                    s.act.ptr(),
+                    s.hidden.ptr(),
+                    layer.ffn_norm.ptr(),
+                    layer.gate_up.ptr(),
+                    h,
+                    inter,
+                    c.rms_norm_eps,
+                )?;
+            } else {
+                rms_norm(rows, NULL, layer.ffn_norm.ptr(), s.normed.ptr())?;
+                self.linear(
+                    s.gate_up.ptr(),
+                    OutType::Half,
+                    s.normed.ptr(),
+                    layer.gate_up.ptr(),
+                    rows,
+                    h,
+                    2 * inter,
+                    false,
+                )?;
+                let total = rows * inter;
+                k.launch(
+                    &k.swiglu,
+                    (total.div_ceil(256).min(16384) as u32, 1, 1),
+                    256,
+                    &[
+                        Arg::Ptr(s.gate_up.ptr()),
+                        Arg::Ptr(s.act.ptr()),
+                        Arg::I32(inter as i32),
+                        Arg::U64(total as u64),
+                    ],
+                )?;
+            }
             self.linear(
                 s.hidden.ptr(),
                 OutType::F32,

@@ -10,7 +10,7 @@ use cudarc::cublas::sys::{
 };
 use cudarc::driver::sys::CUdeviceptr;
 
-use super::device::Gpu;
+use super::device::{DeviceBuffer, Gpu};
 use super::CudaDtype;
 use crate::backend::BackendError;
 
@@ -22,10 +22,15 @@ pub enum OutType {
     Half,
 }
 
+/// cuBLAS workspace: set explicitly so that captured GEMMs (CUDA graphs) use the same memory
+/// and pick the same algorithms as eager ones (32 MiB is what cuBLAS uses on Hopper).
+const WORKSPACE_BYTES: usize = 32 << 20;
+
 pub struct Blas {
     _gpu: Arc<Gpu>,
     handle: cublasHandle_t,
     half: cudaDataType_t,
+    _workspace: DeviceBuffer,
 }
 
 // SAFETY: the handle is used only through &mut-free calls ordered on one stream by the owning
@@ -40,9 +45,21 @@ fn blas_err(what: &str) -> impl FnOnce(blas::CublasError) -> BackendError + '_ {
 impl Blas {
     pub fn new(gpu: &Arc<Gpu>, dtype: CudaDtype) -> Result<Self, BackendError> {
         gpu.bind()?;
+        let workspace = gpu.alloc(WORKSPACE_BYTES, "cuBLAS workspace")?;
         let handle = blas::create_handle().map_err(blas_err("create"))?;
         // SAFETY: handle just created; the stream outlives it (both owned by the backend's Gpu).
         unsafe { blas::set_stream(handle, gpu.stream() as _) }.map_err(blas_err("set stream"))?;
+        // SAFETY: the workspace is a live allocation of WORKSPACE_BYTES owned by this value,
+        // which outlives the handle (destroyed in Drop before the buffer is freed).
+        unsafe {
+            cudarc::cublas::sys::cublasSetWorkspace_v2(
+                handle,
+                workspace.ptr() as *mut c_void,
+                WORKSPACE_BYTES,
+            )
+        }
+        .result()
+        .map_err(blas_err("set workspace"))?;
         let half = match dtype {
             CudaDtype::Bf16 => cudaDataType_t::CUDA_R_16BF,
             CudaDtype::F16 => cudaDataType_t::CUDA_R_16F,
@@ -51,6 +68,7 @@ impl Blas {
             _gpu: gpu.clone(),
             handle,
             half,
+            _workspace: workspace,
         })
     }
 

@@ -40,6 +40,8 @@ pub const PREFILL_THREADS: u32 = 128;
 /// Skinny GEMM: output features per CTA (one warp each) and the row counts it is built for.
 pub const SKINNY_WARPS: usize = 8;
 pub const SKINNY_ROW_VARIANTS: [usize; 4] = [1, 2, 4, 8];
+/// Widest row the fused RMSNorm + projection kernels hold in shared memory.
+pub const NORM_MAX_INNER: usize = 8192;
 
 /// A kernel argument; each occupies one 8-byte parameter slot (little-endian, so 4-byte values
 /// sit at the slot's address).
@@ -80,6 +82,8 @@ pub struct Kernels {
     pub prefill_attention: CudaFunction,
     /// `skinny_gemm[i]` serves up to `SKINNY_ROW_VARIANTS[i]` rows.
     pub skinny_gemm: [CudaFunction; 4],
+    pub skinny_norm_gemm_1: CudaFunction,
+    pub skinny_norm_gate_up_swiglu_1: CudaFunction,
     pub head_dim: usize,
     pub group: usize,
 }
@@ -159,6 +163,8 @@ impl Kernels {
                 f("skinny_gemm_4")?,
                 f("skinny_gemm_8")?,
             ],
+            skinny_norm_gemm_1: f("skinny_norm_gemm_1")?,
+            skinny_norm_gate_up_swiglu_1: f("skinny_norm_gate_up_swiglu_1")?,
             _module: module,
             head_dim,
             group,
@@ -243,6 +249,74 @@ impl Kernels {
                 Arg::I32(accumulate as i32),
             ],
         ))
+    }
+
+    /// Whether the fused one-row RMSNorm + projection kernels serve rows of `inn` values from
+    /// these buffers (16-byte aligned weights, whole 16-byte chunks, the row fits shared memory).
+    pub fn fused_norm_fits(&self, inn: usize, w: CUdeviceptr) -> bool {
+        inn > 0 && inn <= NORM_MAX_INNER && inn.is_multiple_of(8) && w.is_multiple_of(16)
+    }
+
+    /// `y[out] (+)= rmsnorm(hidden[inn]) · w[out, inn]ᵀ` for a one-row step (the caller checks
+    /// [`Self::fused_norm_fits`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn skinny_norm_gemm(
+        &self,
+        y: CUdeviceptr,
+        y_f32: bool,
+        hidden: CUdeviceptr,
+        norm_weight: CUdeviceptr,
+        w: CUdeviceptr,
+        inn: usize,
+        out: usize,
+        accumulate: bool,
+        eps: f32,
+    ) -> Result<(), BackendError> {
+        self.launch(
+            &self.skinny_norm_gemm_1,
+            (out.div_ceil(SKINNY_WARPS) as u32, 1, 1),
+            (SKINNY_WARPS * 32) as u32,
+            &[
+                Arg::Ptr(w),
+                Arg::Ptr(hidden),
+                Arg::Ptr(norm_weight),
+                Arg::Ptr(y),
+                Arg::I32(inn as i32),
+                Arg::I32(out as i32),
+                Arg::I32(y_f32 as i32),
+                Arg::I32(accumulate as i32),
+                Arg::F32(eps),
+            ],
+        )
+    }
+
+    /// `act[inter] = SwiGLU(rmsnorm(hidden[inn]) · gate_up[2 inter, inn]ᵀ)` for a one-row step
+    /// (the caller checks [`Self::fused_norm_fits`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn skinny_norm_gate_up_swiglu(
+        &self,
+        act: CUdeviceptr,
+        hidden: CUdeviceptr,
+        norm_weight: CUdeviceptr,
+        gate_up: CUdeviceptr,
+        inn: usize,
+        inter: usize,
+        eps: f32,
+    ) -> Result<(), BackendError> {
+        self.launch(
+            &self.skinny_norm_gate_up_swiglu_1,
+            (inter.div_ceil(SKINNY_WARPS) as u32, 1, 1),
+            (SKINNY_WARPS * 32) as u32,
+            &[
+                Arg::Ptr(gate_up),
+                Arg::Ptr(hidden),
+                Arg::Ptr(norm_weight),
+                Arg::Ptr(act),
+                Arg::I32(inn as i32),
+                Arg::I32(inter as i32),
+                Arg::F32(eps),
+            ],
+        )
     }
 
     /// (registers per thread, local-memory bytes per thread) of a kernel: spills show as local

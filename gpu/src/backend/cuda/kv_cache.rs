@@ -22,10 +22,11 @@ pub struct DeviceKvCache {
 }
 
 impl DeviceKvCache {
+    /// `num_blocks` usable blocks plus one more, the sink (see [`Self::sink_block`]).
     pub fn new(gpu: &Arc<Gpu>, layout: KvLayout, num_blocks: usize) -> Result<Self, BackendError> {
         let bytes = layout
             .bytes_per_block()
-            .checked_mul(num_blocks)
+            .checked_mul(num_blocks + 1)
             .ok_or_else(|| {
                 BackendError::OutOfMemory(format!(
                     "{num_blocks} KV blocks overflow the address space"
@@ -44,8 +45,13 @@ impl DeviceKvCache {
     pub fn layout(&self) -> &KvLayout {
         &self.layout
     }
+    /// Blocks the engine may use; ids `0..num_blocks`.
     pub fn num_blocks(&self) -> usize {
         self.num_blocks
+    }
+    /// A block no sequence owns: the pad rows of a padded decode step write and read here.
+    pub fn sink_block(&self) -> u32 {
+        self.num_blocks as u32
     }
     pub fn ptr(&self) -> u64 {
         self.buffer.ptr()

@@ -14,6 +14,10 @@ pub struct StepPlan {
     pub max_decode_ctx: usize,
     pub prefill_tiles: usize,
     pub logit_rows: usize,
+    /// Logit rows the caller asked for (the first `output_rows` rows of the logits buffer);
+    /// equals `logit_rows` except in a padded decode plan, which computes logits for its pad
+    /// rows too.
+    pub output_rows: usize,
     pub meta: Vec<i32>,
     pub tokens_at: usize,
     pub positions_at: usize,
@@ -127,6 +131,82 @@ impl StepPlan {
         self.max_decode_ctx = max_decode_ctx;
         self.prefill_tiles = tiles.len() / 4;
         self.logit_rows = logit_rows.len();
+        self.output_rows = logit_rows.len();
+        self.lay_out(Sections {
+            tokens: &tokens,
+            positions: &positions,
+            slots: &slots,
+            logit_rows: &logit_rows,
+            dec_rows: &dec_rows,
+            dec_ctx: &dec_ctx,
+            dec_seq: &dec_seq,
+            tiles: &tiles,
+            tables: &tables,
+        });
+    }
+
+    /// Lays out a decode-only batch (every step one token, all wanting logits; the caller
+    /// checks) padded to `bucket` sequences with block tables `width` entries wide, so the
+    /// launch parameters depend on (`bucket`, `width`) alone and one captured graph replays
+    /// for any batch of that shape. Pad sequences decode token 0 at position 0 into
+    /// `sink_block`, a block no real sequence owns, so they read and write only there.
+    pub fn build_padded_decode(
+        &mut self,
+        batch: &[SeqStep<'_>],
+        block_size: usize,
+        bucket: usize,
+        width: usize,
+        sink_block: u32,
+    ) {
+        let n = batch.len();
+        let mut tokens = vec![0i32; bucket];
+        let mut positions = vec![0i32; bucket];
+        let mut slots = vec![(sink_block as usize * block_size) as i32; bucket];
+        let identity: Vec<i32> = (0..bucket as i32).collect();
+        let mut dec_ctx = vec![1i32; bucket];
+        let mut tables = vec![0i32; bucket * width];
+        for pad in n..bucket {
+            tables[pad * width] = sink_block as i32;
+        }
+        let mut max_decode_ctx = 1;
+        for (seq, step) in batch.iter().enumerate() {
+            let pos = step.start_pos;
+            let used = (pos + 1).div_ceil(block_size);
+            for (slot, &block) in tables[seq * width..]
+                .iter_mut()
+                .zip(&step.block_table[..used])
+            {
+                *slot = block as i32;
+            }
+            tokens[seq] = step.tokens[0] as i32;
+            positions[seq] = pos as i32;
+            slots[seq] = (step.block_table[pos / block_size] as usize * block_size
+                + pos % block_size) as i32;
+            dec_ctx[seq] = (pos + 1) as i32;
+            max_decode_ctx = max_decode_ctx.max(pos + 1);
+        }
+        self.rows = bucket;
+        self.num_steps = bucket;
+        self.max_blocks = width;
+        self.decode_entries = bucket;
+        self.max_decode_ctx = max_decode_ctx;
+        self.prefill_tiles = 0;
+        self.logit_rows = bucket;
+        self.output_rows = n;
+        self.lay_out(Sections {
+            tokens: &tokens,
+            positions: &positions,
+            slots: &slots,
+            logit_rows: &identity,
+            dec_rows: &identity,
+            dec_ctx: &dec_ctx,
+            dec_seq: &identity,
+            tiles: &[],
+            tables: &tables,
+        });
+    }
+
+    fn lay_out(&mut self, sections: Sections<'_>) {
         let meta = &mut self.meta;
         meta.clear();
         let mut push = |section: &[i32]| {
@@ -138,16 +218,29 @@ impl StepPlan {
             }
             at
         };
-        self.tokens_at = push(&tokens);
-        self.positions_at = push(&positions);
-        self.slots_at = push(&slots);
-        self.logit_rows_at = push(&logit_rows);
-        self.dec_rows_at = push(&dec_rows);
-        self.dec_ctx_at = push(&dec_ctx);
-        self.dec_seq_at = push(&dec_seq);
-        self.tiles_at = push(&tiles);
-        self.tables_at = push(&tables);
+        self.tokens_at = push(sections.tokens);
+        self.positions_at = push(sections.positions);
+        self.slots_at = push(sections.slots);
+        self.logit_rows_at = push(sections.logit_rows);
+        self.dec_rows_at = push(sections.dec_rows);
+        self.dec_ctx_at = push(sections.dec_ctx);
+        self.dec_seq_at = push(sections.dec_seq);
+        self.tiles_at = push(sections.tiles);
+        self.tables_at = push(sections.tables);
     }
+}
+
+/// The metadata sections of one step, in upload order.
+struct Sections<'a> {
+    tokens: &'a [i32],
+    positions: &'a [i32],
+    slots: &'a [i32],
+    logit_rows: &'a [i32],
+    dec_rows: &'a [i32],
+    dec_ctx: &'a [i32],
+    dec_seq: &'a [i32],
+    tiles: &'a [i32],
+    tables: &'a [i32],
 }
 
 #[cfg(test)]
@@ -201,6 +294,58 @@ mod tests {
         assert_eq!(
             &plan.meta[plan.tiles_at + 4..plan.tiles_at + 8],
             &[1, 65, 64, 6]
+        );
+    }
+
+    #[test]
+    fn padded_decode_plans_depend_on_the_bucket_not_the_batch() {
+        let table_a = [3u32, 1];
+        let table_b = [2u32];
+        let batch = [
+            SeqStep {
+                tokens: &[9],
+                start_pos: 20,
+                block_table: &table_a,
+                want_logits: true,
+            },
+            SeqStep {
+                tokens: &[4],
+                start_pos: 2,
+                block_table: &table_b,
+                want_logits: true,
+            },
+        ];
+        let sink = 99;
+        let mut plan = StepPlan::default();
+        plan.build_padded_decode(&batch, 16, 4, 4, sink);
+        assert_eq!((plan.rows, plan.decode_entries, plan.logit_rows), (4, 4, 4));
+        assert_eq!(plan.output_rows, 2, "callers read the real rows only");
+        assert_eq!(plan.max_blocks, 4);
+        let layout = plan.meta.len();
+        // Real rows first, in batch order; pad rows decode position 0 into the sink block.
+        assert_eq!(
+            &plan.meta[plan.tokens_at..plan.tokens_at + 4],
+            &[9, 4, 0, 0]
+        );
+        assert_eq!(
+            &plan.meta[plan.slots_at..plan.slots_at + 4],
+            &[16 + 4, 2 * 16 + 2, 99 * 16, 99 * 16]
+        );
+        assert_eq!(
+            &plan.meta[plan.dec_ctx_at..plan.dec_ctx_at + 4],
+            &[21, 3, 1, 1]
+        );
+        assert_eq!(
+            &plan.meta[plan.tables_at..plan.tables_at + 16],
+            &[3, 1, 0, 0, 2, 0, 0, 0, 99, 0, 0, 0, 99, 0, 0, 0]
+        );
+        // Another batch of the same bucket has the same layout (a graph replays it).
+        plan.build_padded_decode(&batch[1..], 16, 4, 4, sink);
+        assert_eq!(plan.meta.len(), layout);
+        assert_eq!(plan.output_rows, 1);
+        assert_eq!(
+            &plan.meta[plan.tokens_at..plan.tokens_at + 4],
+            &[4, 0, 0, 0]
         );
     }
 

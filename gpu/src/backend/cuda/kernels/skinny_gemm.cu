@@ -75,3 +75,120 @@ SKINNY_KERNEL(1, 8)
 SKINNY_KERNEL(2, 4)
 SKINNY_KERNEL(4, 4)
 SKINNY_KERNEL(8, 4)
+
+// One-row steps fuse the RMSNorm before a projection into it: every CTA normalises the f32
+// residual row into shared memory (the same arithmetic, thread count and rounding as rms_norm,
+// so the result is bit-identical to the two-kernel path) while its first weight loads are
+// already in flight. Saves a launch and its ramp-up per norm; the row is re-read from L2 by
+// each CTA. Needs inn <= NORM_MAX_INNER.
+#define NORM_MAX_INNER 8192
+
+__device__ __forceinline__ void norm_row_to_shared(const float* __restrict__ row, const float* __restrict__ weight,
+                                                   u16* x_s, int width, float eps) {
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) ss += row[i] * row[i];
+    ss = block_sum(ss);
+    const float scale = 1.0f / sqrtf(ss / (float)width + eps);
+    for (int i = threadIdx.x; i < width; i += blockDim.x) x_s[i] = from_f(row[i] * scale * weight[i]);
+    __syncthreads();
+}
+
+// y[o] (+)= rmsnorm(hidden) · w[o] for one row; y f32 or 16-bit like skinny_gemm.
+extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
+    skinny_norm_gemm_1(const u16* __restrict__ w, const float* __restrict__ hidden, const float* __restrict__ norm_weight,
+                       void* y, int inn, int out, int out_f32, int accumulate, float eps) {
+    constexpr int U = 8;
+    __shared__ __align__(16) u16 x_s[NORM_MAX_INNER];
+    const int o = blockIdx.x * SKINNY_WARPS + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    const bool active = o < out;
+    const u16* wrow = w + (size_t)(active ? o : 0) * inn;
+    int i = lane * 8;
+    uint4 wv[U];
+    bool loaded = false;
+    if (active && i + (U - 1) * 256 < inn) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) wv[u] = load_stream(wrow + i + u * 256);
+        loaded = true;
+    }
+    norm_row_to_shared(hidden, norm_weight, x_s, inn, eps);
+    if (!active) return;
+    float acc = 0.0f;
+    for (; i + (U - 1) * 256 < inn; i += U * 256) {
+        if (!loaded) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) wv[u] = load_stream(wrow + i + u * 256);
+        }
+        loaded = false;
+#pragma unroll
+        for (int u = 0; u < U; ++u) acc += dot8(wv[u], *(const uint4*)(x_s + i + u * 256));
+    }
+    for (; i < inn; i += 256) acc += dot8(load_stream(wrow + i), *(const uint4*)(x_s + i));
+    acc = warp_sum(acc);
+    if (lane == 0) {
+        if (out_f32) {
+            float* yf = (float*)y;
+            yf[o] = accumulate ? yf[o] + acc : acc;
+        } else {
+            ((u16*)y)[o] = from_f(acc);
+        }
+    }
+}
+
+// act[o] = silu(g) * u with g = rmsnorm(hidden) · w[o], u = rmsnorm(hidden) · w[inter + o]
+// (w is the fused [gate; up] matrix): norm, gate/up projection and SwiGLU in one kernel for one
+// row. Each warp streams its gate and up rows together; g and u are rounded to the 16-bit type
+// before SwiGLU exactly as the unfused path stores them.
+extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
+    skinny_norm_gate_up_swiglu_1(const u16* __restrict__ w, const float* __restrict__ hidden,
+                                 const float* __restrict__ norm_weight, u16* __restrict__ act, int inn, int inter,
+                                 float eps) {
+    constexpr int U = 4;
+    __shared__ __align__(16) u16 x_s[NORM_MAX_INNER];
+    const int o = blockIdx.x * SKINNY_WARPS + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    const bool active = o < inter;
+    const u16* grow = w + (size_t)(active ? o : 0) * inn;
+    const u16* urow = w + ((size_t)inter + (active ? o : 0)) * inn;
+    int i = lane * 8;
+    uint4 gv[U], uv[U];
+    bool loaded = false;
+    if (active && i + (U - 1) * 256 < inn) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            gv[u] = load_stream(grow + i + u * 256);
+            uv[u] = load_stream(urow + i + u * 256);
+        }
+        loaded = true;
+    }
+    norm_row_to_shared(hidden, norm_weight, x_s, inn, eps);
+    if (!active) return;
+    float g = 0.0f, up = 0.0f;
+    for (; i + (U - 1) * 256 < inn; i += U * 256) {
+        if (!loaded) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                gv[u] = load_stream(grow + i + u * 256);
+                uv[u] = load_stream(urow + i + u * 256);
+            }
+        }
+        loaded = false;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const uint4 xv = *(const uint4*)(x_s + i + u * 256);
+            g += dot8(gv[u], xv);
+            up += dot8(uv[u], xv);
+        }
+    }
+    for (; i < inn; i += 256) {
+        const uint4 xv = *(const uint4*)(x_s + i);
+        g += dot8(load_stream(grow + i), xv);
+        up += dot8(load_stream(urow + i), xv);
+    }
+    g = warp_sum(g);
+    up = warp_sum(up);
+    if (lane == 0) {
+        const float gr = to_f(from_f(g)), ur = to_f(from_f(up));
+        act[o] = from_f(gr / (1.0f + expf(-gr)) * ur);
+    }
+}
