@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use quinn::{ReadExactError, RecvStream, SendStream};
+use quinn::{RecvStream, SendStream};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -38,39 +38,80 @@ pub(crate) async fn read_frame(
     recv: &mut RecvStream,
     max: usize,
 ) -> Result<Option<Vec<u8>>, RpcError> {
-    let mut header = [0u8; HEADER_LEN];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(ReadExactError::FinishedEarly(got)) => {
-            return Err(RpcError::Decode(format!(
-                "truncated frame header: {got} of {HEADER_LEN} bytes"
-            )))
-        }
-        Err(ReadExactError::ReadError(e)) => {
-            return Err(RpcError::Closed(format!("read failed: {e}")))
-        }
-    }
-    let len = u32::from_be_bytes(header) as usize;
-    if len > max {
-        return Err(RpcError::FrameTooLarge { size: len, max });
-    }
-    // Grows with the bytes that actually arrive, so a peer announcing a large frame and
-    // sending nothing cannot make us allocate the announced size.
-    let mut payload = Vec::with_capacity(len.min(PREALLOCATE_LIMIT));
-    while payload.len() < len {
-        match recv.read_chunk(len - payload.len(), true).await {
-            Ok(Some(chunk)) => payload.extend_from_slice(&chunk.bytes),
-            Ok(None) => {
-                return Err(RpcError::Decode(format!(
-                    "truncated frame: {} of {len} bytes",
-                    payload.len()
-                )))
+    FrameReader::default().next(recv, max).await
+}
+
+/// A frame being read. Progress lives here, not in the future, so that a read dropped midway
+/// (a `select!` that picked another branch, a timeout) loses no bytes: the next call goes on
+/// where it stopped. Only `read_chunk`, which is cancel-safe, touches the stream.
+#[derive(Default)]
+struct FrameReader {
+    header: [u8; HEADER_LEN],
+    header_filled: usize,
+    /// Set once the header is complete: the payload's announced length.
+    len: Option<usize>,
+    payload: Vec<u8>,
+}
+
+impl FrameReader {
+    async fn next(
+        &mut self,
+        recv: &mut RecvStream,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, RpcError> {
+        let closed = |e: quinn::ReadError| RpcError::Closed(format!("read failed: {e}"));
+        let len = loop {
+            if let Some(len) = self.len {
+                break len;
             }
-            Err(e) => return Err(RpcError::Closed(format!("read failed: {e}"))),
+            match recv
+                .read_chunk(HEADER_LEN - self.header_filled, true)
+                .await
+                .map_err(closed)?
+            {
+                Some(chunk) => {
+                    let end = self.header_filled + chunk.bytes.len();
+                    self.header[self.header_filled..end].copy_from_slice(&chunk.bytes);
+                    self.header_filled = end;
+                    if end == HEADER_LEN {
+                        let len = u32::from_be_bytes(self.header) as usize;
+                        if len > max {
+                            return Err(RpcError::FrameTooLarge { size: len, max });
+                        }
+                        // Grows with the bytes that actually arrive, so a peer announcing a
+                        // large frame and sending nothing cannot make us allocate that much.
+                        self.payload = Vec::with_capacity(len.min(PREALLOCATE_LIMIT));
+                        self.len = Some(len);
+                    }
+                }
+                None if self.header_filled == 0 => return Ok(None),
+                None => {
+                    return Err(RpcError::Decode(format!(
+                        "truncated frame header: {} of {HEADER_LEN} bytes",
+                        self.header_filled
+                    )))
+                }
+            }
+        };
+        while self.payload.len() < len {
+            match recv
+                .read_chunk(len - self.payload.len(), true)
+                .await
+                .map_err(closed)?
+            {
+                Some(chunk) => self.payload.extend_from_slice(&chunk.bytes),
+                None => {
+                    return Err(RpcError::Decode(format!(
+                        "truncated frame: {} of {len} bytes",
+                        self.payload.len()
+                    )))
+                }
+            }
         }
+        let payload = std::mem::take(&mut self.payload);
+        *self = FrameReader::default();
+        Ok(Some(payload))
     }
-    Ok(Some(payload))
 }
 
 /// Sending half of a raw framed stream. Every send has a deadline (`frame_timeout`).
@@ -145,6 +186,8 @@ impl FramedSend {
 /// undecodable stops the stream with an error code.
 pub struct FramedRecv {
     recv: RecvStream,
+    /// The frame in progress: receives may be cancelled (they often race other events).
+    reader: FrameReader,
     max_frame_bytes: usize,
     frame_timeout: Duration,
     peer_label: String,
@@ -167,6 +210,7 @@ impl FramedRecv {
     ) -> Self {
         FramedRecv {
             recv,
+            reader: FrameReader::default(),
             max_frame_bytes,
             frame_timeout,
             peer_label,
@@ -189,7 +233,7 @@ impl FramedRecv {
     /// Next frame's raw bytes; `Ok(None)` once the peer finished the stream.
     pub async fn recv_bytes(&mut self) -> Result<Option<Vec<u8>>, RpcError> {
         let max = self.max_frame_bytes;
-        let frame = tokio::time::timeout(self.frame_timeout, read_frame(&mut self.recv, max))
+        let frame = tokio::time::timeout(self.frame_timeout, self.reader.next(&mut self.recv, max))
             .await
             .map_err(|_| RpcError::Timeout)
             .and_then(|read| read)
