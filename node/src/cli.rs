@@ -128,6 +128,11 @@ pub struct PeerArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub drain_timeout_s: u64,
 
+    /// Longest a decode worker waits for a prompt's KV from a prefill worker (the remote
+    /// prefill included) before it gives up and prefills the prompt itself.
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    pub kv_transfer_timeout_ms: u64,
+
     /// Times a request may move to another worker before it fails.
     #[arg(long, default_value_t = 3)]
     pub migration_limit: u32,

@@ -27,6 +27,7 @@ use crate::serving;
 use crate::telemetry;
 use crate::util::wall_ms;
 use crate::worker::drain::{self, Drain};
+use crate::worker::kv_transfer::KvTransferConfig;
 use crate::worker::{self, ServedEngine, WorkerConfig};
 
 /// How this start relates to the data dir.
@@ -188,6 +189,10 @@ pub async fn run(args: PeerArgs) -> Result<()> {
                     .unwrap_or(args.down_after_ms / 2)
                     .max(1),
             ),
+            kv_transfer: KvTransferConfig {
+                total: Duration::from_millis(args.kv_transfer_timeout_ms.max(1)),
+                ..KvTransferConfig::default()
+            },
             ..WorkerConfig::default()
         };
         let me = worker::start(

@@ -195,15 +195,24 @@ impl GenerateService {
             from_block: reservation.first_block() as u32,
             deadline_ms: self.transfer.total.as_millis() as u64,
         };
-        match pull_prefix(
-            &self.endpoint,
-            addr,
-            &prefill_header,
-            &reservation,
-            &self.transfer,
-        )
-        .await
-        {
+        let pulled = tokio::select! {
+            pulled = pull_prefix(
+                &self.endpoint,
+                addr,
+                &prefill_header,
+                &reservation,
+                &self.transfer,
+            ) => pulled,
+            // A dead prefill peer is known here once the leader commits it Down (~300 ms),
+            // long before its QUIC connection times out.
+            () = node_leaves(self.raft.state(), prefill.node) => {
+                kv_transfer_failed("prefill_peer_down");
+                warn!(request = %header.request_id, %prefill, "the prefill peer went down during the transfer; prefilling locally");
+                drop(reservation);
+                return self.submit_local(request);
+            }
+        };
+        match pulled {
             Ok(pulled) => {
                 debug!(request = %header.request_id, %prefill, ?pulled, "prompt KV received");
                 self.engine.submit_with_prefix(request, reservation)
@@ -323,4 +332,18 @@ impl GenerateService {
 
 fn kv_transfer_failed(reason: &'static str) {
     metrics::counter!("stator_kv_transfer_failures_total", "reason" => reason).increment(1);
+}
+
+/// Resolves once `node` is no longer `Up` in the replicated state (or the state ends).
+async fn node_leaves(mut state: watch::Receiver<Arc<ClusterState>>, node: u64) {
+    loop {
+        let up = state
+            .borrow_and_update()
+            .nodes
+            .get(&node)
+            .is_some_and(|n| n.status == NodeStatus::Up);
+        if !up || state.changed().await.is_err() {
+            return;
+        }
+    }
 }
