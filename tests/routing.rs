@@ -70,7 +70,7 @@ fn the_frontend_routes_a_cached_prefix_to_its_holder_and_forgets_a_dead_worker()
     let join = Some((first.quic, token));
     let second = start("p1", &["--local-engine-only"], join.clone())?;
     let frontend = start("p2", &["--role", "frontend"], join)?;
-    let mut peers = vec![first, second, frontend];
+    let mut peers = [first, second, frontend];
     let f = 2;
     let front = peers[f].url();
     wait_for(Duration::from_secs(60), || {

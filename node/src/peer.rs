@@ -170,12 +170,15 @@ pub async fn run(args: PeerArgs) -> Result<()> {
                 overlap_weight: args.router_overlap_weight,
                 temperature: args.router_temperature,
                 disagg_min_tokens: args.disagg_min_tokens,
+                block_size: args.engine.block_size,
                 ..RouterConfig::default()
             },
             ..FrontendConfig::default()
         };
-        Arc::new(RemoteTokenSource::new(raft.clone(), endpoint.clone(), cfg))
-            as Arc<dyn TokenSource>
+        Arc::new(
+            RemoteTokenSource::new(raft.clone(), endpoint.clone(), cfg)
+                .with_load_table(health.load().table()),
+        ) as Arc<dyn TokenSource>
     });
     let serving = match (args.role, leased_source) {
         (PeerRole::Frontend, Some(source)) => serving::build_frontend(&args.engine, source).await?,

@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use stator_gpu::request::{EngineEvent, GenerateRequest};
 use stator_raft::model::{Applied, ClusterState, Command, CommandError, NodeStatus, WorkerId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::remote::Shared;
 use crate::leases::stream::{Offer, StreamReconciler};
+use crate::openai::source::GenerateError;
 use crate::router::Decision;
 use crate::worker::wire::{GenerateHeader, WorkerFrame, GENERATE_STREAM};
 
@@ -49,6 +50,8 @@ enum Attempt {
     },
     /// The owner's stream broke; `reason` labels the migration metric.
     Broken(&'static str, String),
+    /// The first owner's engine would not admit the request; its caller has been told.
+    Rejected,
 }
 
 pub(super) struct Flight {
@@ -64,6 +67,9 @@ pub(super) struct Flight {
     delivered: Vec<u32>,
     reconciler: StreamReconciler,
     migrations: u32,
+    /// Answered once: `Ok` when the first engine admits the request, the mapped error when it
+    /// rejects it before that (the client then gets 429/400, as from a local engine).
+    admission: Option<oneshot::Sender<Result<(), GenerateError>>>,
 }
 
 impl Flight {
@@ -73,6 +79,7 @@ impl Flight {
         decision: Decision,
         epoch: u64,
         request: GenerateRequest,
+        admission: oneshot::Sender<Result<(), GenerateError>>,
     ) -> Self {
         Self {
             shared,
@@ -92,6 +99,7 @@ impl Flight {
             },
             request,
             migrations: 0,
+            admission: Some(admission),
         }
     }
 
@@ -99,7 +107,7 @@ impl Flight {
     pub async fn fly(mut self, tx: mpsc::Sender<EngineEvent>) {
         loop {
             let (reason, detail) = match self.attempt(&tx).await {
-                Attempt::Ended | Attempt::ClientGone => break,
+                Attempt::Ended | Attempt::ClientGone | Attempt::Rejected => break,
                 Attempt::Moved { owner, epoch } => {
                     self.adopt(owner, epoch);
                     (
@@ -120,7 +128,7 @@ impl Flight {
             info!(request = %self.request_id, reason, %detail, to = %self.owner, epoch = self.epoch, delivered = self.delivered.len(), "migrating request");
             if self.migrations > self.shared.cfg.migration_limit {
                 let message = format!(
-                    "request gave up after {} migrations (last: {detail})",
+                    "request gave up after {} migrations, the --migration-limit (last: {detail})",
                     self.shared.cfg.migration_limit
                 );
                 self.fail(&tx, message).await;
@@ -130,6 +138,12 @@ impl Flight {
         self.shared
             .release_route(&self.routed, self.request.prompt.len());
         self.release().await;
+    }
+
+    fn admitted(&mut self) {
+        if let Some(admission) = self.admission.take() {
+            let _ = admission.send(Ok(()));
+        }
     }
 
     fn adopt(&mut self, owner: WorkerId, epoch: u64) {
@@ -199,7 +213,22 @@ impl Flight {
                 frame = recv.recv::<WorkerFrame>() => frame,
             };
             let event = match frame {
-                Ok(Some(WorkerFrame::Event(event))) => event,
+                Ok(Some(WorkerFrame::Accepted)) => {
+                    self.admitted();
+                    continue;
+                }
+                Ok(Some(WorkerFrame::Rejected(rejection))) => match self.admission.take() {
+                    Some(admission) => {
+                        let _ = admission.send(Err(rejection.into()));
+                        return Attempt::Rejected;
+                    }
+                    // A resumed request is not the client's to retry: try another worker.
+                    None => return Attempt::Broken("rejected", rejection.to_string()),
+                },
+                Ok(Some(WorkerFrame::Event(event))) => {
+                    self.admitted();
+                    event
+                }
                 Ok(Some(WorkerFrame::Refused(why))) => return Attempt::Broken("refused", why),
                 Ok(None) => {
                     return Attempt::Broken(

@@ -15,7 +15,7 @@ use stator_raft::model::{
 };
 use stator_raft::RaftNode;
 use stator_transport::Endpoint;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
 use super::flight::Flight;
@@ -129,8 +129,17 @@ impl TokenSource for RemoteTokenSource {
             };
             metrics::gauge!("stator_leases_active").increment(1.0);
             let (tx, rx) = mpsc::channel(shared.cfg.buffer.max(1));
-            let flight = Flight::new(shared.clone(), request_id, decision, epoch, req);
+            let (admission, admitted) = oneshot::channel();
+            let flight = Flight::new(shared.clone(), request_id, decision, epoch, req, admission);
             tokio::spawn(flight.fly(tx));
+            // Wait for the engine's admission so that a full queue or a too-long prompt answers
+            // like a local engine (429 / 400). Without an answer in time (or when the flight
+            // ends otherwise) the stream carries whatever comes.
+            if let Ok(Ok(Err(rejected))) =
+                tokio::time::timeout(shared.cfg.frame_timeout, admitted).await
+            {
+                return Err(rejected);
+            }
             Ok(stream::unfold(rx, |mut rx| async move {
                 let event = rx.recv().await?;
                 Some((event, rx))

@@ -48,6 +48,18 @@ impl From<SubmitError> for GenerateError {
     }
 }
 
+impl From<crate::worker::wire::Rejection> for GenerateError {
+    fn from(rejection: crate::worker::wire::Rejection) -> Self {
+        use crate::worker::wire::Rejection;
+        match rejection {
+            Rejection::QueueFull => Self::Overloaded,
+            Rejection::PromptTooLong { tokens, max } => Self::PromptTooLong { tokens, max },
+            Rejection::Invalid(message) => Self::Invalid(message),
+            Rejection::ShuttingDown => Self::ShuttingDown,
+        }
+    }
+}
+
 /// The engine in this process.
 impl TokenSource for EngineHandle {
     fn generate(

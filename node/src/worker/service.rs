@@ -97,17 +97,15 @@ impl GenerateService {
             Some(prefill) => self.submit_prefilled_on(prefill, header, request).await,
             None => self.submit_local(request),
         };
-        let mut events = match submitted {
-            Ok(events) => events,
-            Err(e) => {
-                let failed = EngineEvent::Failed {
-                    message: e.to_string(),
-                };
-                return match send.send(&WorkerFrame::Event(failed)).await {
-                    Ok(()) => Stop::Done,
-                    Err(_) => Stop::CallerGone,
-                };
-            }
+        let (mut events, answer) = match submitted {
+            Ok(events) => (Some(events), WorkerFrame::Accepted),
+            Err(e) => (None, WorkerFrame::Rejected(e.into())),
+        };
+        if send.send(&answer).await.is_err() {
+            return Stop::CallerGone;
+        }
+        let Some(mut events) = events.take() else {
+            return Stop::Done;
         };
         loop {
             let event = tokio::select! {

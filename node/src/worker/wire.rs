@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use stator_gpu::backend::KvLayout;
+use stator_gpu::engine::SubmitError;
 use stator_gpu::request::{EngineEvent, GenerateRequest};
 use stator_raft::model::WorkerId;
 
@@ -24,9 +25,47 @@ pub struct GenerateHeader {
 /// The worker's frames: engine events, or one refusal that ends the stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum WorkerFrame {
+    /// The engine admitted the request; events follow.
+    Accepted,
     Event(EngineEvent),
+    /// The engine would not admit the request (full queue, prompt too long, invalid): the
+    /// frontend answers its client as a local engine would (429, 400).
+    Rejected(Rejection),
     /// The worker will not (or no longer) stream for this lease; nothing was generated after it.
     Refused(String),
+}
+
+/// Why an engine did not admit a request, as the frontend needs it to answer the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    QueueFull,
+    PromptTooLong { tokens: usize, max: usize },
+    Invalid(String),
+    ShuttingDown,
+}
+
+impl From<SubmitError> for Rejection {
+    fn from(err: SubmitError) -> Self {
+        match err {
+            SubmitError::QueueFull { .. } => Self::QueueFull,
+            SubmitError::PromptTooLong { tokens, max } => Self::PromptTooLong { tokens, max },
+            SubmitError::Invalid(message) => Self::Invalid(message),
+            SubmitError::Shutdown => Self::ShuttingDown,
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::QueueFull => write!(f, "the worker's queue is full"),
+            Self::PromptTooLong { tokens, max } => {
+                write!(f, "the prompt has {tokens} tokens, the limit is {max}")
+            }
+            Self::Invalid(message) => write!(f, "invalid request: {message}"),
+            Self::ShuttingDown => write!(f, "the worker is shutting down"),
+        }
+    }
 }
 
 /// Name of the raw stream a worker serves to prefill a prompt for another worker and push its
