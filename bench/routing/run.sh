@@ -64,16 +64,17 @@ done
 [[ $ok == 1 ]] || { echo "F never served a routed request"; tail -50 "$tmp"/*.log; exit 1; }
 
 # One request at a time, alternating short runs against W and F so that both see the same
-# (otherwise idle) engine and the same background load of the host; samples are pooled.
+# (otherwise idle) engine and the same background load of the host; samples are pooled. Each
+# run has its own seed: a prompt seen before would be served from the prefix cache.
 rounds=6; per_round=20; [[ $quick == 1 ]] && rounds=2 && per_round=5
 shape=(--model "$name" --endpoint completions --no-progress --fail-on-error --concurrency 1
        --max-requests "$per_round" --input-tokens 128 --output-tokens 32)
 echo "==> frontend added latency: $rounds rounds of $per_round requests, direct then routed"
 mkdir -p "$tmp/runs"
 for r in $(seq 1 "$rounds"); do
-  target/release/stator-bench run --url "http://127.0.0.1:$w_http" "${shape[@]}" --seed "$r" \
+  target/release/stator-bench run --url "http://127.0.0.1:$w_http" "${shape[@]}" --seed "$((100 + r))" \
     --out "$tmp/runs/direct-$r.json" >/dev/null
-  target/release/stator-bench run --url "http://127.0.0.1:$f_http" "${shape[@]}" --seed "$r" \
+  target/release/stator-bench run --url "http://127.0.0.1:$f_http" "${shape[@]}" --seed "$((200 + r))" \
     --out "$tmp/runs/routed-$r.json" >/dev/null
 done
 curl -sf "http://127.0.0.1:$f_http/metrics" | grep -E '^stator_router_(decision_seconds|decisions_total|workers|indexed_blocks|load_table_age)' \

@@ -358,7 +358,7 @@ mod tests {
             key: format!("k{}", chunk % 7),
             value: format!("v{chunk}"),
         }];
-        if chunk % 3 == 0 {
+        if chunk.is_multiple_of(3) {
             cmds.push(Command::DeleteMeta {
                 key: format!("k{}", (chunk + 1) % 7),
             });
@@ -394,7 +394,7 @@ mod tests {
                     reference.apply_batch(batch);
                 }
             }
-            let held = (chunk % 4 == 0).then(|| readers.borrow().clone());
+            let held = chunk.is_multiple_of(4).then(|| readers.borrow().clone());
             let before = held.as_deref().cloned();
             sm.apply(entries).await.expect("apply");
             assert_eq!(*readers.borrow().clone(), reference, "after chunk {chunk}");
