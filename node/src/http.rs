@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use stator_raft::RaftNode;
@@ -49,6 +50,13 @@ pub async fn serve(
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
     };
+    // Token streams are many small writes: without TCP_NODELAY the first chunk after the
+    // response headers waits for the client's delayed ACK (~40 ms on Linux) — Nagle.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(stop)
         .await?;
