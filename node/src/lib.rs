@@ -15,5 +15,7 @@ pub mod peer;
 pub mod router;
 pub mod serving;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod test_fixtures;
 pub mod util;
 pub mod worker;

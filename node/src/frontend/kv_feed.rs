@@ -323,25 +323,11 @@ mod tests {
     }
 
     fn node(addr: &str, status: NodeStatus) -> NodeInfo {
-        NodeInfo {
-            quic_addr: addr.into(),
-            http_addr: String::new(),
-            labels: Default::default(),
-            gpus: vec![],
-            status,
-            status_since_ms: 0,
-            joined_at_ms: 0,
-        }
+        crate::test_fixtures::node_info(addr, status)
     }
 
     fn worker(role: WorkerRole, state: WorkerState) -> WorkerInfo {
-        WorkerInfo {
-            role,
-            state,
-            model: "m".into(),
-            kv_blocks_total: 8,
-            device: "cpu".into(),
-        }
+        crate::test_fixtures::worker_info(role, state)
     }
 
     #[test]

@@ -232,25 +232,11 @@ mod tests {
     use stator_raft::model::{NodeInfo, WorkerInfo};
 
     fn node(status: NodeStatus) -> NodeInfo {
-        NodeInfo {
-            quic_addr: "127.0.0.1:1".into(),
-            http_addr: String::new(),
-            labels: Default::default(),
-            gpus: vec![],
-            status,
-            status_since_ms: 0,
-            joined_at_ms: 0,
-        }
+        crate::test_fixtures::node_info("127.0.0.1:1", status)
     }
 
     fn worker(role: WorkerRole, state: WorkerState) -> WorkerInfo {
-        WorkerInfo {
-            role,
-            state,
-            model: "m".into(),
-            kv_blocks_total: 8,
-            device: "cpu".into(),
-        }
+        crate::test_fixtures::worker_info(role, state)
     }
 
     #[test]
