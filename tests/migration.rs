@@ -2,13 +2,10 @@
 //! Raft leases; when a worker's peer dies (SIGKILL) or freezes (SIGSTOP) its requests continue
 //! on another worker and every client gets exactly the undisturbed greedy output.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use serde_json::{json, Value};
 use stator_tests::*;
 
 const MODEL_NAME: &str = "SmolLM2-135M-Instruct";
@@ -76,82 +73,8 @@ fn start_cluster(root: &std::path::Path) -> Result<Vec<Peer>> {
     Ok(peers)
 }
 
-/// What a client saw: the text, and the longest wait between two chunks.
-struct Seen {
-    text: String,
-    longest_gap: Duration,
-}
-
-/// One streamed completion: what it saw, or why it failed.
-struct Stream {
-    chunks: Arc<AtomicUsize>,
-    handle: JoinHandle<Result<Seen>>,
-}
-
-/// Streams `prompt`; `hang_up_after`: disconnect after that many chunks (a client going away).
 fn stream_completion(url: String, prompt: &'static str, hang_up_after: Option<usize>) -> Stream {
-    let chunks = Arc::new(AtomicUsize::new(0));
-    let seen = chunks.clone();
-    let handle = std::thread::spawn(move || -> Result<Seen> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(180))
-                .build()?;
-            let body = json!({
-                "model": MODEL_NAME, "prompt": prompt, "max_tokens": MAX_TOKENS,
-                "temperature": 0, "stream": true,
-            });
-            let mut resp = client
-                .post(format!("{url}/v1/completions"))
-                .json(&body)
-                .send()
-                .await?;
-            if resp.status() != 200 {
-                bail!("status {}: {}", resp.status(), resp.text().await?);
-            }
-            let mut buf = String::new();
-            let mut text = String::new();
-            let mut done = false;
-            let mut last = Instant::now();
-            let mut longest_gap = Duration::ZERO;
-            while let Some(bytes) = resp.chunk().await? {
-                longest_gap = longest_gap.max(last.elapsed());
-                last = Instant::now();
-                buf.push_str(&String::from_utf8_lossy(&bytes));
-                while let Some(end) = buf.find("\n\n") {
-                    let event: String = buf.drain(..end + 2).collect();
-                    for line in event.lines() {
-                        let Some(data) = line.strip_prefix("data: ") else {
-                            continue;
-                        };
-                        if data == "[DONE]" {
-                            done = true;
-                            continue;
-                        }
-                        let v: Value = serde_json::from_str(data)?;
-                        if v.get("error").is_some() {
-                            bail!("error event: {v}");
-                        }
-                        if let Some(t) = v["choices"][0]["text"].as_str() {
-                            text.push_str(t);
-                            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
-                            if hang_up_after.is_some_and(|limit| n >= limit) {
-                                return Ok(Seen { text, longest_gap });
-                            }
-                        }
-                    }
-                }
-            }
-            if !done {
-                bail!("the stream ended without [DONE] after {text:?}");
-            }
-            Ok(Seen { text, longest_gap })
-        })
-    });
-    Stream { chunks, handle }
+    stator_tests::stream_completion(url, MODEL_NAME, prompt, MAX_TOKENS, hang_up_after)
 }
 
 fn start_all(frontend: &Peer) -> Vec<Stream> {

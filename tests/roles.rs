@@ -3,9 +3,7 @@
 //! left, or past `--migration-limit`, clients get a clear error in bounded time.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
@@ -136,61 +134,8 @@ fn chat(peer: &Peer, prompt: &str) -> Result<String> {
         .ok_or_else(|| anyhow!("no content in {v}"))
 }
 
-/// One streamed completion running on its own thread.
-struct Stream {
-    chunks: Arc<AtomicUsize>,
-    /// The text, or the error the stream ended with (an SSE error event, a bad status).
-    handle: JoinHandle<Result<String>>,
-}
-
 fn stream_completion(url: String, prompt: &'static str) -> Stream {
-    let chunks = Arc::new(AtomicUsize::new(0));
-    let seen = chunks.clone();
-    let handle = std::thread::spawn(move || -> Result<String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(180))
-                .build()?;
-            let body = json!({
-                "model": MODEL_NAME, "prompt": prompt, "max_tokens": MAX_TOKENS,
-                "temperature": 0, "stream": true,
-            });
-            let mut resp = client
-                .post(format!("{url}/v1/completions"))
-                .json(&body)
-                .send()
-                .await?;
-            if resp.status() != 200 {
-                bail!("status {}: {}", resp.status(), resp.text().await?);
-            }
-            let mut buf = String::new();
-            let mut text = String::new();
-            while let Some(bytes) = resp.chunk().await? {
-                buf.push_str(&String::from_utf8_lossy(&bytes));
-                while let Some(end) = buf.find("\n\n") {
-                    let event: String = buf.drain(..end + 2).collect();
-                    for data in event.lines().filter_map(|l| l.strip_prefix("data: ")) {
-                        if data == "[DONE]" {
-                            return Ok(text);
-                        }
-                        let v: Value = serde_json::from_str(data)?;
-                        if v.get("error").is_some() {
-                            bail!("error event: {v}");
-                        }
-                        if let Some(t) = v["choices"][0]["text"].as_str() {
-                            text.push_str(t);
-                            seen.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                }
-            }
-            bail!("the stream ended without [DONE] after {text:?}")
-        })
-    });
-    Stream { chunks, handle }
+    stator_tests::stream_completion(url, MODEL_NAME, prompt, MAX_TOKENS, None)
 }
 
 fn join(stream: Stream) -> Result<String> {
@@ -198,6 +143,7 @@ fn join(stream: Stream) -> Result<String> {
         .handle
         .join()
         .map_err(|_| anyhow!("stream thread panicked"))?
+        .map(|seen| seen.text)
 }
 
 fn wait_started(streams: &[Stream]) {

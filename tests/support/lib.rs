@@ -8,7 +8,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+mod stream;
 use serde_json::Value;
+pub use stream::{stream_completion, Seen, Stream};
 
 /// Cluster tests start several processes each; running them one at a time keeps elections
 /// honest on a 2-core machine.
