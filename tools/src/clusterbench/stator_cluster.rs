@@ -10,7 +10,28 @@ use serde_json::Value;
 use super::process::{free_port, poll_until, MemberProcess};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET base/path` on a peer's admin API with its token; the JSON body, or the error status.
+pub async fn admin_get(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    path: &str,
+) -> Result<Value> {
+    let response = http
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .timeout(ADMIN_TIMEOUT)
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    if !status.is_success() {
+        bail!("GET {path} on {base}: HTTP {status}: {body}");
+    }
+    Ok(body)
+}
 
 struct StatorPeer {
     process: MemberProcess,
@@ -79,19 +100,7 @@ impl StatorClient {
 
     async fn admin_get(&self, peer: usize, path: &str) -> Result<Value> {
         let (base, token) = &self.peers[peer];
-        let response = self
-            .http
-            .get(format!("{base}{path}"))
-            .bearer_auth(token)
-            .timeout(ADMIN_TIMEOUT)
-            .send()
-            .await?;
-        let status = response.status();
-        let body: Value = response.json().await?;
-        if !status.is_success() {
-            bail!("GET {path}: HTTP {status}: {body}");
-        }
-        Ok(body)
+        admin_get(&self.http, base, token, path).await
     }
 
     pub async fn status(&self, peer: usize) -> Result<Value> {

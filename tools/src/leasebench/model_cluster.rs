@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::timeline::worker_registrations;
 use crate::clusterbench::process::{free_port, poll_until, MemberProcess};
 
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::clusterbench::stator_cluster::{admin_get, ADMIN_TIMEOUT};
 
 #[derive(Clone, Debug)]
 pub struct PeerSettings {
@@ -188,19 +188,9 @@ impl ModelCluster {
 
     async fn admin_get(&self, peer: usize, path: &str) -> Result<Value> {
         let p = &self.peers[peer];
-        let response = self
-            .http
-            .get(format!("{}{path}", p.base_url))
-            .bearer_auth(&p.admin_token)
-            .timeout(ADMIN_TIMEOUT)
-            .send()
-            .await?;
-        let status = response.status();
-        let body: Value = response.json().await?;
-        if !status.is_success() {
-            bail!("GET {path} on p{peer}: HTTP {status}: {body}");
-        }
-        Ok(body)
+        admin_get(&self.http, &p.base_url, &p.admin_token, path)
+            .await
+            .with_context(|| format!("peer p{peer}"))
     }
 
     pub async fn status(&self, peer: usize) -> Result<Value> {
