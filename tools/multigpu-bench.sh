@@ -11,7 +11,8 @@
 # Knobs (env): DEVICE=cpu (try the script without a GPU), RANDOM_WEIGHTS (preset; empty = the
 # real GGUF), SCALES, DURATION (s per replay), TRACES, MAX_INPUT, E2E_RECHECK=1 (gpu-e2e.sh's
 # SmolLM2 part at 16 and 64 streams first), FAILOVER=1, FAILOVER_SCALE, KV_MIB, MAX_SEQS,
-# DISAGG_MIN, STATOR_BIN_DIR.
+# DISAGG_MIN, STATOR_BIN_DIR. (On CUDA the KV cache takes what --gpu-memory-utilization leaves;
+# KV_MIB sizes it on the CPU.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +57,7 @@ if [[ $DEVICE == cpu ]]; then
     worker_devices=(cpu cpu)
     gpu_name=cpu
     gpu_share=""
+    gpu_share_second=""
 else
     gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
     gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
