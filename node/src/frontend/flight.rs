@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use stator_gpu::request::{EngineEvent, GenerateRequest};
 use stator_raft::model::{Applied, ClusterState, Command, CommandError, NodeStatus, WorkerId};
+use stator_transport::{FramedRecv, FramedSend};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -70,17 +71,31 @@ pub(super) struct Flight {
     /// Answered once: `Ok` when the first engine admits the request, the mapped error when it
     /// rejects it before that (the client then gets 429/400, as from a local engine).
     admission: Option<oneshot::Sender<Result<(), GenerateError>>>,
+    /// The lease grant, still committing: the first attempt opens the worker's stream while it
+    /// does (the worker prefills meanwhile but sends nothing before it sees the lease), so the
+    /// grant's commit is off the request's critical path.
+    grant: Option<GrantFuture>,
+    /// Whether the lease was granted (and so must be released at the end).
+    granted: bool,
 }
+
+/// A lease grant being committed (its own task, so it runs from the start); its epoch, or
+/// why the request cannot run. The first attempt always awaits it.
+pub(super) type GrantFuture = tokio::task::JoinHandle<Result<u64, GenerateError>>;
+
+/// Every granted lease starts at this epoch (`Command::GrantLease`).
+pub(super) const FIRST_EPOCH: u64 = 1;
 
 impl Flight {
     pub fn new(
         shared: Arc<Shared>,
         request_id: String,
         decision: Decision,
-        epoch: u64,
+        grant: GrantFuture,
         request: GenerateRequest,
         admission: oneshot::Sender<Result<(), GenerateError>>,
     ) -> Self {
+        let epoch = FIRST_EPOCH;
         Self {
             shared,
             request_id,
@@ -100,6 +115,8 @@ impl Flight {
             request,
             migrations: 0,
             admission: Some(admission),
+            grant: Some(grant),
+            granted: false,
         }
     }
 
@@ -137,7 +154,53 @@ impl Flight {
         }
         self.shared
             .release_route(&self.routed, self.request.prompt.len());
-        self.release().await;
+        if self.granted {
+            self.release().await;
+        }
+    }
+
+    /// Opens the owner's `worker.generate` stream and sends the request.
+    async fn open_stream(&self, addr: SocketAddr) -> Result<(FramedSend, FramedRecv), String> {
+        let (mut send, mut recv) = self
+            .shared
+            .endpoint
+            .open_stream(addr, GENERATE_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        recv.set_frame_timeout(self.shared.cfg.frame_timeout);
+        let mut request = self.request.clone();
+        request.generated = self.delivered.clone();
+        let header = GenerateHeader {
+            request_id: self.request_id.clone(),
+            epoch: self.epoch,
+            request,
+            prefill: self.prefill,
+        };
+        send.send(&header).await.map_err(|e| e.to_string())?;
+        Ok((send, recv))
+    }
+
+    /// Records the grant's outcome; a refused grant ends the request with its error.
+    fn settle_grant(&mut self, granted: Result<u64, GenerateError>) -> Result<(), Attempt> {
+        let refused = match granted {
+            Ok(epoch) if epoch == self.epoch => {
+                self.granted = true;
+                metrics::gauge!("stator_leases_active").increment(1.0);
+                return Ok(());
+            }
+            Ok(epoch) => {
+                // Never happens: a grant always starts at the first epoch. Release what we got.
+                self.granted = true;
+                self.epoch = epoch;
+                metrics::gauge!("stator_leases_active").increment(1.0);
+                GenerateError::Unavailable(format!("the lease was granted at epoch {epoch}"))
+            }
+            Err(e) => e,
+        };
+        if let Some(admission) = self.admission.take() {
+            let _ = admission.send(Err(refused));
+        }
+        Err(Attempt::Rejected)
     }
 
     fn admitted(&mut self) {
@@ -160,39 +223,47 @@ impl Flight {
 
     async fn attempt(&mut self, tx: &mpsc::Sender<EngineEvent>) -> Attempt {
         let mut state = self.shared.raft.state();
-        let view = lease_view(&state.borrow_and_update(), &self.request_id, self.epoch);
-        match view {
-            LeaseView::Unchanged => {}
-            LeaseView::Moved { owner, epoch } => return Attempt::Moved { owner, epoch },
-            LeaseView::Gone => {
-                return Attempt::Broken("lease_lost", "the lease was released".into())
+        let grant = self.grant.take();
+        if grant.is_none() {
+            let view = lease_view(&state.borrow_and_update(), &self.request_id, self.epoch);
+            match view {
+                LeaseView::Unchanged => {}
+                LeaseView::Moved { owner, epoch } => return Attempt::Moved { owner, epoch },
+                LeaseView::Gone => {
+                    return Attempt::Broken("lease_lost", "the lease was released".into())
+                }
             }
         }
         let Some(addr) = owner_addr(&state.borrow(), self.owner) else {
+            if let Some(grant) = grant {
+                // Nothing to overlap with: settle the grant first, so the lease is known.
+                if let Err(attempt) = self.settle_grant(joined(grant.await)) {
+                    return attempt;
+                }
+            }
             return Attempt::Broken(
                 "no_address",
                 format!("no address for worker {}", self.owner),
             );
         };
-        let opened = tokio::select! {
-            _ = tx.closed() => return Attempt::ClientGone,
-            opened = self.shared.endpoint.open_stream(addr, GENERATE_STREAM) => opened,
+        let opened = match grant {
+            None => self.open_stream(addr).await,
+            Some(grant) => {
+                let (opened, granted) = tokio::join!(self.open_stream(addr), grant);
+                if let Err(attempt) = self.settle_grant(joined(granted)) {
+                    return attempt;
+                }
+                // The grant's own change is not news for the lease watch below.
+                state.borrow_and_update();
+                opened
+            }
         };
-        let (mut send, mut recv) = match opened {
+        let (_send, mut recv) = match opened {
             Ok(halves) => halves,
-            Err(e) => return Attempt::Broken("connect", e.to_string()),
+            Err(e) => return Attempt::Broken("connect", e),
         };
-        recv.set_frame_timeout(self.shared.cfg.frame_timeout);
-        let mut request = self.request.clone();
-        request.generated = self.delivered.clone();
-        let header = GenerateHeader {
-            request_id: self.request_id.clone(),
-            epoch: self.epoch,
-            request,
-            prefill: self.prefill,
-        };
-        if let Err(e) = send.send(&header).await {
-            return Attempt::Broken("connect", e.to_string());
+        if tx.is_closed() {
+            return Attempt::ClientGone;
         }
         loop {
             let frame = tokio::select! {
@@ -376,6 +447,16 @@ impl Flight {
             warn!(request = %self.request_id, error = %e, "could not release the lease");
         }
     }
+}
+
+fn joined(
+    grant: Result<Result<u64, GenerateError>, tokio::task::JoinError>,
+) -> Result<u64, GenerateError> {
+    grant.unwrap_or_else(|e| {
+        Err(GenerateError::Unavailable(format!(
+            "the lease grant failed: {e}"
+        )))
+    })
 }
 
 fn owner_addr(state: &ClusterState, owner: WorkerId) -> Option<SocketAddr> {

@@ -18,7 +18,7 @@ use stator_transport::Endpoint;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
-use super::flight::Flight;
+use super::flight::{Flight, GrantFuture};
 use super::kv_feed;
 use super::load::LoadApplier;
 use crate::cluster::load::LoadTable;
@@ -120,17 +120,13 @@ impl TokenSource for RemoteTokenSource {
             let request_id = format!("{}/{}/{}", shared.node_id, seq, req.id);
             let decision = shared.route(&req.prompt, None)?;
             let owner = decision.decode;
-            let epoch = match shared.grant(&request_id, owner).await {
-                Ok(epoch) => epoch,
-                Err(e) => {
-                    shared.release_route(&decision, req.prompt.len());
-                    return Err(e);
-                }
+            let grant: GrantFuture = {
+                let (shared, request_id) = (shared.clone(), request_id.clone());
+                tokio::spawn(async move { shared.grant(&request_id, owner).await })
             };
-            metrics::gauge!("stator_leases_active").increment(1.0);
             let (tx, rx) = mpsc::channel(shared.cfg.buffer.max(1));
             let (admission, admitted) = oneshot::channel();
-            let flight = Flight::new(shared.clone(), request_id, decision, epoch, req, admission);
+            let flight = Flight::new(shared.clone(), request_id, decision, grant, req, admission);
             tokio::spawn(flight.fly(tx));
             // Wait for the engine's admission so that a full queue or a too-long prompt answers
             // like a local engine (429 / 400). Without an answer in time (or when the flight

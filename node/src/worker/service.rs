@@ -84,19 +84,23 @@ impl GenerateService {
 
     async fn run(&self, header: &GenerateHeader, send: &mut FramedSend) -> Stop {
         let mut state = self.raft.state();
+        let mut request = header.request.clone();
+        // The lease key is cluster-unique; the engine tracks requests by it.
+        request.id = header.request_id.clone();
+        // The frontend opens this stream while its lease grant is still committing: the
+        // engine starts on the prompt at once, and nothing leaves this worker (not even the
+        // admission answer) before the lease is seen here. If it never comes, dropping the
+        // events cancels the sequence and frees its blocks.
+        let submitted = match header.prefill {
+            Some(prefill) => self.submit_prefilled_on(prefill, header, request).await,
+            None => self.submit_local(request),
+        };
         if let Err(stop) = self.await_lease(header, &mut state).await {
             return stop;
         }
         if let Err(stop) = self.hold_while_fenced(header, &mut state).await {
             return stop;
         }
-        let mut request = header.request.clone();
-        // The lease key is cluster-unique; the engine tracks requests by it.
-        request.id = header.request_id.clone();
-        let submitted = match header.prefill {
-            Some(prefill) => self.submit_prefilled_on(prefill, header, request).await,
-            None => self.submit_local(request),
-        };
         let (mut events, answer) = match submitted {
             Ok(events) => (Some(events), WorkerFrame::Accepted),
             Err(e) => (None, WorkerFrame::Rejected(e.into())),
