@@ -36,9 +36,13 @@ impl Default for KvTransferConfig {
     fn default() -> Self {
         Self {
             connect: Duration::from_secs(2),
-            accept: Duration::from_secs(2),
+            accept: Duration::from_secs(5),
             first_blocks: Duration::from_secs(30),
-            between_chunks: Duration::from_secs(2),
+            // Many transfers share one connection under load, so a chunk can take seconds
+            // without anything being wrong (a GPU run with 2 s here cancelled a third of them).
+            // A dead prefill peer is caught sooner anyway: the pull stops when it is committed
+            // Down (~300 ms).
+            between_chunks: Duration::from_secs(10),
             total: Duration::from_secs(60),
             max_chunk_bytes: 4 * 1024 * 1024,
         }
