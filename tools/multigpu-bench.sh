@@ -10,7 +10,7 @@
 #                                                      halves (carry/gguf-a + carry/gguf-b)
 # Knobs (env): DEVICE=cpu (try the script without a GPU), RANDOM_WEIGHTS (preset; empty = the
 # real GGUF), SCALES, DURATION (s per replay), TRACES, MAX_INPUT, E2E_RECHECK=1 (gpu-e2e.sh's
-# SmolLM2 part at 16 and 64 streams first), FAILOVER=1, FAILOVER_SCALE, KV_MIB, MAX_SEQS,
+# SmolLM2 part at 16 and 64 streams first), LAYOUTS ("agg disagg"), FAILOVER=1, FAILOVER_SCALE, KV_MIB, MAX_SEQS,
 # DISAGG_MIN, STATOR_BIN_DIR. (On CUDA the KV cache takes what --gpu-memory-utilization leaves;
 # KV_MIB sizes it on the CPU.)
 set -euo pipefail
@@ -232,7 +232,7 @@ PY
     wait "$bench" || status=1
 }
 
-for layout in agg disagg; do
+for layout in ${LAYOUTS:-agg disagg}; do
     LABEL=$layout
     if [[ $layout == agg ]]; then
         cluster agg aggregated aggregated || { status=1; stop_all; continue; }
