@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use stator_raft::model::{ClusterState, Command, NodeStatus, WorkerId, WorkerRole, WorkerState};
+use stator_raft::model::{ClusterState, Command, WorkerId};
 
 /// Commands moving every lease owned by a worker of `dead` to a live decode-capable worker,
 /// chosen by load (`load`: active blocks per worker, as last reported). Leases are spread:
@@ -14,17 +14,8 @@ pub fn reassign_leases(
     load: &BTreeMap<WorkerId, u32>,
 ) -> Vec<Command> {
     let mut targets: Vec<(WorkerId, u64)> = state
-        .workers
-        .iter()
-        .filter(|(id, w)| {
-            id.node != dead
-                && w.state == WorkerState::Active
-                && matches!(w.role, WorkerRole::Decode | WorkerRole::Aggregated)
-                && state
-                    .nodes
-                    .get(&id.node)
-                    .is_some_and(|n| n.status == NodeStatus::Up)
-        })
+        .decode_capable_workers()
+        .filter(|(id, _)| id.node != dead)
         .map(|(id, _)| (*id, load.get(id).copied().unwrap_or(0) as u64))
         .collect();
     if targets.is_empty() {
@@ -33,10 +24,7 @@ pub fn reassign_leases(
     // A resumed request re-prefills its prompt: weigh each one like a few dozen blocks.
     const PER_LEASE: u64 = 32;
     let mut out = Vec::new();
-    for (request_id, lease) in &state.leases {
-        if lease.owner.node != dead {
-            continue;
-        }
+    for (request_id, lease) in state.leases_on_node(dead) {
         let Some(best) = targets.iter_mut().min_by_key(|(id, l)| (*l, *id)) else {
             break;
         };
@@ -53,7 +41,7 @@ pub fn reassign_leases(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stator_raft::model::{WorkerInfo, WorkerRole, WorkerState};
+    use stator_raft::model::{NodeStatus, WorkerInfo, WorkerRole, WorkerState};
 
     fn register(state: &mut ClusterState, id: u64) {
         let r = state.apply(&Command::RegisterNode {
