@@ -103,33 +103,17 @@ fn single_peer_outputs(root: &std::path::Path, prompts: &[String]) -> Result<Vec
 
 /// p0: frontend with an aggregated engine; p1: prefill; p2, p3: decode.
 fn start_cluster(root: &std::path::Path) -> Result<Vec<Peer>> {
-    let mut first = Peer::new(root, "p0");
-    first.extra_args = model_args();
-    first
-        .extra_args
+    let mut frontend = model_args();
+    frontend
         .extend(["--request-leases", "--disagg-min-tokens", DISAGG_MIN_TOKENS].map(String::from));
-    first.start()?;
-    first.wait_healthy(Duration::from_secs(90))?;
-    let token = wait_for(Duration::from_secs(5), || first.printed_join_token())
-        .ok_or_else(|| anyhow!("no join token printed:\n{}", first.log()))?;
-    let mut peers = vec![first];
-    for (i, role) in [(1, "prefill"), (2, "decode"), (3, "decode")] {
-        let mut p = Peer::new(root, &format!("p{i}"));
-        p.extra_args = model_args();
-        p.extra_args.extend(["--role", role].map(String::from));
-        p.join = Some((peers[0].quic, token.clone()));
-        p.start()?;
-        p.wait_healthy(Duration::from_secs(90))?;
-        peers.push(p);
+    let mut args = vec![frontend];
+    for role in ["prefill", "decode", "decode"] {
+        let mut a = model_args();
+        a.extend(["--role", role].map(String::from));
+        args.push(a);
     }
-    for p in &peers {
-        let registered = wait_for(Duration::from_secs(60), || {
-            p.log().contains("worker registered").then_some(())
-        });
-        if registered.is_none() {
-            bail!("{} never registered its worker:\n{}", p.name, p.log());
-        }
-    }
+    let peers = start_peers(root, args, Duration::from_secs(90))?;
+    wait_workers_registered(&peers, Duration::from_secs(60))?;
     Ok(peers)
 }
 

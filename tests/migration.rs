@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::Result;
 use stator_tests::*;
 
 const MODEL_NAME: &str = "SmolLM2-135M-Instruct";
@@ -47,29 +47,12 @@ fn start_cluster(root: &std::path::Path) -> Result<Vec<Peer>> {
         }
         a
     };
-    let mut first = Peer::new(root, "p0");
-    first.extra_args = args(true);
-    first.start()?;
-    first.wait_healthy(Duration::from_secs(90))?;
-    let token = wait_for(Duration::from_secs(5), || first.printed_join_token())
-        .ok_or_else(|| anyhow!("no join token printed:\n{}", first.log()))?;
-    let mut peers = vec![first];
-    for i in 1..4 {
-        let mut p = Peer::new(root, &format!("p{i}"));
-        p.extra_args = args(false);
-        p.join = Some((peers[0].quic, token.clone()));
-        p.start()?;
-        p.wait_healthy(Duration::from_secs(90))?;
-        peers.push(p);
-    }
-    for p in &peers {
-        let registered = wait_for(Duration::from_secs(60), || {
-            p.log().contains("worker registered").then_some(())
-        });
-        if registered.is_none() {
-            bail!("{} never registered its worker:\n{}", p.name, p.log());
-        }
-    }
+    let peers = start_peers(
+        root,
+        (0..4).map(|i| args(i == 0)).collect(),
+        Duration::from_secs(90),
+    )?;
+    wait_workers_registered(&peers, Duration::from_secs(60))?;
     Ok(peers)
 }
 

@@ -47,28 +47,16 @@ fn start_cluster(root: &std::path::Path) -> Result<Vec<Peer>> {
         "--drain-timeout-s",
         DRAIN_TIMEOUT_S,
     ]);
-    let mut first = Peer::new(root, "p0");
-    first.extra_args = args(&["--role", "frontend"]);
-    first.start()?;
-    first.wait_healthy(Duration::from_secs(60))?;
-    let token = wait_for(Duration::from_secs(5), || first.printed_join_token())
-        .ok_or_else(|| anyhow!("no join token printed:\n{}", first.log()))?;
-    let mut peers = vec![first];
-    for (i, extra) in [
-        worker_args.clone(),
-        worker_args,
-        args(&["--role", "frontend", "--migration-limit", "0"]),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut p = Peer::new(root, &format!("p{}", i + 1));
-        p.extra_args = extra;
-        p.join = Some((peers[0].quic, token.clone()));
-        p.start()?;
-        p.wait_healthy(Duration::from_secs(90))?;
-        peers.push(p);
-    }
+    let peers = start_peers(
+        root,
+        vec![
+            args(&["--role", "frontend"]),
+            worker_args.clone(),
+            worker_args,
+            args(&["--role", "frontend", "--migration-limit", "0"]),
+        ],
+        Duration::from_secs(90),
+    )?;
     let registered = wait_for(Duration::from_secs(60), || {
         (workers(&peers[0]).ok()?.len() == 2).then_some(())
     });

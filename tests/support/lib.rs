@@ -264,6 +264,46 @@ pub struct Cluster {
     pub token: String,
 }
 
+/// Bootstraps a peer with `args[0]` and joins one more per further entry of `args` (peer `i`
+/// gets `args[i]`), each waited on until healthy: for clusters whose peers differ (roles,
+/// models). Peers load models, so each gets `health_timeout` to come up.
+pub fn start_peers(
+    root: &Path,
+    args: Vec<Vec<String>>,
+    health_timeout: Duration,
+) -> Result<Vec<Peer>> {
+    let mut peers: Vec<Peer> = Vec::with_capacity(args.len());
+    let mut token = String::new();
+    for (i, extra_args) in args.into_iter().enumerate() {
+        let mut p = Peer::new(root, &format!("p{i}"));
+        p.extra_args = extra_args;
+        if let Some(first) = peers.first() {
+            p.join = Some((first.quic, token.clone()));
+        }
+        p.start()?;
+        p.wait_healthy(health_timeout)?;
+        if i == 0 {
+            token = wait_for(Duration::from_secs(5), || p.printed_join_token())
+                .ok_or_else(|| anyhow!("no join token printed:\n{}", p.log()))?;
+        }
+        peers.push(p);
+    }
+    Ok(peers)
+}
+
+/// Waits until every one of `peers` has logged its worker's registration.
+pub fn wait_workers_registered(peers: &[Peer], timeout: Duration) -> Result<()> {
+    for p in peers {
+        let registered = wait_for(timeout, || {
+            p.log().contains("worker registered").then_some(())
+        });
+        if registered.is_none() {
+            bail!("{} never registered its worker:\n{}", p.name, p.log());
+        }
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// Bootstraps the first peer and joins `n - 1` more, waiting until all are healthy.
     pub fn start(n: usize, extra_args: &[&str]) -> Result<Self> {
