@@ -141,7 +141,8 @@ fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {
     }
 }
 
-fn cell(value: Option<f64>, decimals: usize) -> String {
+/// A table cell: the value with `decimals` digits, or "-" when there is none.
+pub fn cell(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"))
 }
 

@@ -5,7 +5,7 @@ use stator_tools::stats::Summary;
 
 use super::failover::TrialRecord;
 use crate::clusterbench::figures::{
-    measured_latencies, windowed_throughput, Completion, ThroughputFigure,
+    cell, measured_latencies, windowed_throughput, Completion, ThroughputFigure,
 };
 
 pub const ADMISSIONS_TARGET_PER_S: f64 = 5000.0;
@@ -152,10 +152,6 @@ impl FailoverFigure {
             resume_samples,
         }
     }
-}
-
-fn cell(value: Option<f64>, decimals: usize) -> String {
-    value.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"))
 }
 
 pub fn render_admissions(figures: &[AdmissionFigure]) -> String {
