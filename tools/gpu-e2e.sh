@@ -47,7 +47,7 @@ trap '[[ -z $peer_pid ]] || kill "$peer_pid" 2>/dev/null || true' EXIT
 # when GRAPHS is 1), benchmarked at each concurrency; reports are named by LABEL.
 serve() {
     local name=$1 label=$2 graphs=$3; shift 3
-    local data=/tmp/stator-e2e/$label http=127.0.0.1:18080 quic=127.0.0.1:17400
+    local data=${DATA_ROOT:-/tmp/stator-e2e}/$label http=127.0.0.1:18080 quic=127.0.0.1:17400
     rm -rf "$data"
     STATOR_CUDA_GRAPHS=$graphs "$bin/stator" peer --data-dir "$data" --listen "$quic" --http "$http" --device "${DEVICE:-cuda:0}" \
         --served-model-name "$name" --max-num-seqs 64 "$@" >"$WORK/peer-$label.log" 2>&1 &
@@ -82,6 +82,24 @@ models=" ${E2E_MODELS:-smollm2 llama-3.2-1b} "
 [[ $models != *" llama-3.2-1b "* ]] || serve llama-3.2-1b llama-3.2-1b 1 --model "$model" --random-weights llama-3.2-1b
 # The same SmolLM2 runs with every step launched eagerly (GRAPHS_AB=0 skips this).
 [[ "${GRAPHS_AB:-1}" == 0 ]] || serve smollm2 smollm2-nographs 0 --model "$model"
+# Where does TTFT go (TTFT_PROBE=0 skips this)? Each request takes a lease, a Raft write that
+# waits for an fsync of the data dir: time that disk's fsync, then serve one stream without
+# leases (--local-engine-only) and one with the data dir in memory (/dev/shm).
+if [[ "${TTFT_PROBE:-1}" == 1 ]]; then
+    mkdir -p /tmp/stator-e2e
+    python3 - /tmp/stator-e2e/fsync-probe <<'PY'
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)
+ts = []
+for _ in range(200):
+    os.write(fd, b"x" * 256)
+    t = time.perf_counter(); os.fdatasync(fd); ts.append(time.perf_counter() - t)
+ts.sort()
+print(f"fdatasync on /tmp/stator-e2e: p50 {ts[100]*1e3:.3f} ms, p99 {ts[197]*1e3:.3f} ms")
+PY
+    CONCURRENCY=1 serve smollm2 smollm2-noleases 1 --model "$model" --local-engine-only
+    DATA_ROOT=/dev/shm/stator-e2e CONCURRENCY=1 serve smollm2 smollm2-shm 1 --model "$model"
+fi
 
 echo
 echo "################ E2E SUMMARY ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)) ################"

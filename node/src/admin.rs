@@ -251,9 +251,10 @@ async fn meta_put(
             format!("body must be {{\"value\": \"...\"}}: {e}"),
         )
     })?;
+    // Acknowledged once committed: GETs take a linearizable barrier, so they see it anyway.
     let out = app
         .raft
-        .write(vec![Command::PutMeta {
+        .write_committed(vec![Command::PutMeta {
             key: key.clone(),
             value: body.value,
         }])
@@ -268,7 +269,7 @@ async fn meta_delete(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let out = app
         .raft
-        .write(vec![Command::DeleteMeta { key: key.clone() }])
+        .write_committed(vec![Command::DeleteMeta { key: key.clone() }])
         .await
         .map_err(unavailable)?;
     Ok(Json(serde_json::json!({"key": key, "index": out.index})))

@@ -15,8 +15,9 @@ pub struct RaftConfig {
     pub snapshot_every_entries: u64,
     /// Entries kept below the snapshot so that slightly lagging followers need no snapshot.
     pub max_in_snapshot_log_to_keep: u64,
-    /// How long the writer collects submissions into one log entry.
-    pub batch_window: Duration,
+    /// Log entries this node's writer commits at a time; while all are in flight, new writes
+    /// queue and go out together in the next entry (group commit without a timer).
+    pub max_batches_in_flight: usize,
     /// Deadline of a write (and of forwarding it), from submission to applied.
     pub write_timeout: Duration,
     /// Deadline of a membership change (adding a learner waits for it to catch up).
@@ -35,7 +36,7 @@ impl Default for RaftConfig {
             election_timeout_max_ms: 200,
             snapshot_every_entries: 5000,
             max_in_snapshot_log_to_keep: 1000,
-            batch_window: Duration::from_millis(1),
+            max_batches_in_flight: 2,
             write_timeout: Duration::from_secs(5),
             membership_timeout: Duration::from_secs(30),
         }
@@ -47,9 +48,9 @@ const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 2_000;
 
 impl RaftConfig {
     pub(crate) fn to_openraft(&self) -> Result<openraft::Config, RaftError> {
-        if self.batch_window.is_zero() || self.write_timeout.is_zero() {
+        if self.max_batches_in_flight == 0 || self.write_timeout.is_zero() {
             return Err(RaftError::Config(
-                "batch_window and write_timeout must be positive".to_owned(),
+                "max_batches_in_flight and write_timeout must be positive".to_owned(),
             ));
         }
         if self.snapshot_every_entries == 0 {

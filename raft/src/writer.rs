@@ -1,11 +1,10 @@
 //! The per-node writer: coalesces submissions into one log entry (one `client_write`, or one
 //! forward to the leader) and answers them once the entry is applied on this node.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::error::RaftError;
@@ -16,25 +15,40 @@ use crate::rpc::WriteOutcome;
 /// Upper bound of commands in one entry, so that one entry stays far below the frame limit.
 pub(crate) const MAX_BATCH_COMMANDS: usize = 1024;
 
+/// When a write counts as done for its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Visibility {
+    /// Committed by a quorum (durable) and applied on the leader: the results are final, and
+    /// a linearizable read anywhere sees the write.
+    Committed,
+    /// Also applied on this node, so that this node's [`crate::RaftNode::state`] shows it.
+    AppliedHere,
+}
+
 pub(crate) struct Submission {
     pub(crate) cmds: Vec<Command>,
+    pub(crate) visible: Visibility,
     pub(crate) reply: oneshot::Sender<Result<WriteOutcome, RaftError>>,
     pub(crate) submitted: Instant,
 }
 
-/// Runs until every sender is dropped. Each collected batch is committed on its own task so
-/// the next batch can be collected meanwhile. A submission that finds no batch in flight goes
-/// out at once (with whatever else is already queued): waiting out the window then only adds
-/// latency, since nothing is there to share the entry with. While batches are in flight, the
-/// window collects what arrives, like Nagle's algorithm.
+/// Runs until every sender is dropped. Group commit clocked by the log itself: at most
+/// `max_in_flight` batches are being committed at a time; a submission that finds a free slot
+/// goes out at once with whatever else is queued, and while every slot is busy the queue
+/// grows until one frees. So a lone write never waits, and under load the batch size follows
+/// the commit latency instead of a timer (a timer window only added its length to every
+/// write once the pipeline was busy).
 pub(crate) fn spawn_writer(
     core: Arc<NodeCore>,
     mut submissions: mpsc::Receiver<Submission>,
-    window: Duration,
+    max_in_flight: usize,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
         while let Some(first) = submissions.recv().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let mut commands = first.cmds.len();
             let mut batch = vec![first];
             while commands < MAX_BATCH_COMMANDS {
@@ -46,42 +60,14 @@ pub(crate) fn spawn_writer(
                     Err(_) => break,
                 }
             }
-            if in_flight.load(Ordering::Acquire) > 0 {
-                let window_end = tokio::time::Instant::now() + window;
-                while commands < MAX_BATCH_COMMANDS {
-                    match tokio::time::timeout_at(window_end, submissions.recv()).await {
-                        Ok(Some(next)) => {
-                            commands += next.cmds.len();
-                            batch.push(next);
-                        }
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-            }
-            let in_flight = InFlight::enter(&in_flight);
-            tokio::spawn(commit(core.clone(), batch, in_flight));
+            tokio::spawn(commit(core.clone(), batch, slot));
         }
     })
 }
 
-/// Counts a batch as in flight until dropped, which `commit` does before it answers: a
-/// writer that submits again as soon as it has its answer must find the batch gone.
-struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    fn enter(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        Self(count.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-async fn commit(core: Arc<NodeCore>, mut batch: Vec<Submission>, in_flight: InFlight) {
+/// `slot` is released once the entry is committed, before any writer is answered: a writer
+/// that submits again as soon as it has its answer must find the slot free.
+async fn commit(core: Arc<NodeCore>, mut batch: Vec<Submission>, slot: OwnedSemaphorePermit) {
     let counts: Vec<usize> = batch.iter().map(|s| s.cmds.len()).collect();
     let cmds: Vec<Command> = batch
         .iter_mut()
@@ -90,37 +76,46 @@ async fn commit(core: Arc<NodeCore>, mut batch: Vec<Submission>, in_flight: InFl
     let total = cmds.len();
     metrics::histogram!("stator_raft_batch_commands").record(total as f64);
 
-    let result = match core.write_batch(cmds).await {
+    let committed = match core.write_batch(cmds).await {
         Ok(outcome) if outcome.results.len() != total => Err(RaftError::Rejected(format!(
             "leader returned {} results for {total} commands",
             outcome.results.len()
         ))),
-        // One wait for the whole batch: every writer in it needs the entry applied here.
-        Ok(outcome) => core
-            .wait_applied(outcome.index, core.cfg.write_timeout)
-            .await
-            .map(|_| outcome),
-        Err(e) => Err(e),
+        other => other,
     };
-    drop(in_flight);
-
-    match result {
-        Ok(outcome) => {
-            let mut results = outcome.results.into_iter();
-            for (submission, count) in batch.into_iter().zip(counts) {
-                let mine = WriteOutcome {
-                    index: outcome.index,
-                    results: results.by_ref().take(count).collect(),
-                };
-                finish(submission, Ok(mine));
-            }
-        }
+    drop(slot);
+    let outcome = match committed {
+        Ok(outcome) => outcome,
         Err(e) => {
             tracing::warn!(error = %e, commands = total, "raft write failed");
             for submission in batch {
                 finish(submission, Err(e.clone()));
             }
+            return;
         }
+    };
+    // Split the leader's results per submission; those content with "committed" are
+    // answered now, the rest after this node has applied the entry (one wait for all).
+    let mut results = outcome.results.into_iter();
+    let mut wait_here = Vec::new();
+    for (submission, count) in batch.into_iter().zip(counts) {
+        let mine = WriteOutcome {
+            index: outcome.index,
+            results: results.by_ref().take(count).collect(),
+        };
+        match submission.visible {
+            Visibility::Committed => finish(submission, Ok(mine)),
+            Visibility::AppliedHere => wait_here.push((submission, mine)),
+        }
+    }
+    if wait_here.is_empty() {
+        return;
+    }
+    let applied = core
+        .wait_applied(outcome.index, core.cfg.write_timeout)
+        .await;
+    for (submission, mine) in wait_here {
+        finish(submission, applied.clone().map(|_| mine));
     }
 }
 

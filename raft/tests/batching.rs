@@ -1,9 +1,8 @@
-//! The writer's batching: a lone write goes out at once, concurrent writes share entries.
+//! The writer's batching: concurrent writes share log entries (group commit, no timer).
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
 
 use common::{localhost, put, start_peer};
 use stator_raft::RaftConfig;
@@ -11,39 +10,11 @@ use stator_transport::ClusterCa;
 use tempfile::TempDir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_lone_write_does_not_wait_out_the_batch_window() {
-    let window = Duration::from_millis(400);
-    let cfg = RaftConfig {
-        batch_window: window,
-        ..RaftConfig::default()
-    };
-    let ca = ClusterCa::generate("raft-test").expect("ca");
-    let dir = TempDir::new().expect("temp dir");
-    let peer = start_peer(&ca, 3, dir.path(), localhost(), cfg).await;
-    peer.node
-        .bootstrap(peer.peer_addr())
-        .await
-        .expect("bootstrap");
-    for i in 0..5 {
-        let started = Instant::now();
-        peer.node
-            .write(vec![put(&format!("k{i}"), "v")])
-            .await
-            .expect("write");
-        assert!(
-            started.elapsed() < window / 2,
-            "write {i} took {:?}, as if it waited for company",
-            started.elapsed()
-        );
-    }
-    peer.kill().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_share_log_entries() {
     const WRITES: usize = 64;
+    // One entry at a time: everything submitted while it commits shares the next one.
     let cfg = RaftConfig {
-        batch_window: Duration::from_millis(50),
+        max_batches_in_flight: 1,
         ..RaftConfig::default()
     };
     let ca = ClusterCa::generate("raft-test").expect("ca");

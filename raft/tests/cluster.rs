@@ -285,3 +285,31 @@ async fn writes_fail_within_their_deadline_without_a_quorum() {
     assert!(started.elapsed() < test_config().write_timeout + Duration::from_secs(1));
     survivor.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_acknowledged_at_commit_is_seen_by_the_next_linearizable_read() {
+    let ca = ClusterCa::generate("raft-test").expect("ca");
+    let dirs = [(); 3].map(|_| TempDir::new().expect("temp dir"));
+    let peers = three_node_cluster(&ca, &dirs).await;
+    let follower = peers
+        .iter()
+        .find(|p| !p.node.is_leader())
+        .expect("a follower");
+    for i in 0..20 {
+        let key = format!("committed{i}");
+        let outcome = follower
+            .node
+            .write_committed(vec![put(&key, "v")])
+            .await
+            .expect("committed write");
+        assert_eq!(outcome.results, vec![Ok(Applied::Done)]);
+        // The barrier waits until this node has applied what the leader had committed, so a
+        // read right after the acknowledgement sees the write.
+        let read_index = follower.node.linearizable_barrier().await.expect("barrier");
+        assert!(read_index >= outcome.index);
+        assert_eq!(state_of(&follower.node).meta[&key], "v");
+    }
+    for p in peers {
+        p.kill().await;
+    }
+}

@@ -9,14 +9,20 @@ mod kernels;
 mod kv_cache;
 mod packed;
 mod rope;
+mod rounding;
+#[cfg(test)]
+mod rounding_tests;
 #[cfg(target_arch = "x86_64")]
 mod small_batch;
+
+pub use rounding::{Precision, RoundingPlan, RoundingPoint};
 
 use attention::{paged_attention, HeadShape, QueryChunk, QUERY_CHUNK};
 use kernels::{matmul_transposed, rms_norm, silu_mul};
 use kv_cache::KvCache;
 use packed::PackedWeights;
 use rope::{rotate_heads, RopeFrequencies};
+use rounding::{Rounder, RoundingPoint as Point};
 
 use crate::backend::{Backend, BackendError, KvDtype, KvLayout, Logits, SeqStep};
 use crate::config::ModelConfig;
@@ -28,6 +34,8 @@ pub struct CpuBackend {
     cache: KvCache,
     rope: RopeFrequencies,
     scratch: Scratch,
+    /// The precision probe; `None` (the default) runs the exact f32 pass.
+    rounding: Option<RoundingPlan>,
 }
 
 /// Per-step buffers, grown to the largest step seen and then reused.
@@ -40,6 +48,9 @@ struct Scratch {
     attn: Vec<f32>,
     gate_up: Vec<f32>,
     act: Vec<f32>,
+    /// An output projection's result, held apart from the residual only while a rounding plan
+    /// rounds it before the add.
+    projection: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
     positions: Vec<usize>,
@@ -85,7 +96,23 @@ impl CpuBackend {
             weights,
             cache,
             scratch: Scratch::default(),
+            rounding: None,
         })
+    }
+
+    /// A backend that rounds values as `plan` says (weights once, here; activations on every
+    /// step), to measure what a 16-bit device backend loses at each point. Not for serving.
+    pub fn with_rounding(
+        config: ModelConfig,
+        weights: ModelWeights,
+        num_kv_blocks: usize,
+        block_size: usize,
+        plan: RoundingPlan,
+    ) -> Result<Self, BackendError> {
+        let mut backend = Self::new(config, weights, num_kv_blocks, block_size)?;
+        backend.weights.round(&plan);
+        backend.rounding = Some(plan);
+        Ok(backend)
     }
 
     /// A backend with as many KV blocks as fit in `kv_bytes`.
@@ -169,11 +196,13 @@ impl CpuBackend {
         let qkv_width = q_dim + 2 * kv_dim;
         let half = hd / 2;
         let layer = &self.weights.layers[layer_index];
+        let plan = self.rounding.as_ref();
         let s = &mut self.scratch;
         let rows = s.positions.len();
 
         let normed = resized(&mut s.normed, rows * h);
         rms_norm(normed, &s.hidden, &layer.attn_norm, c.rms_norm_eps);
+        round_at(plan, Point::NormOutput, normed);
         let qkv = resized(&mut s.qkv, rows * qkv_width);
         matmul_transposed(qkv, normed, &layer.qkv, rows, h, qkv_width, false);
         for (t, row) in qkv.chunks_exact_mut(qkv_width).enumerate() {
@@ -185,6 +214,8 @@ impl CpuBackend {
                 &s.sin[t * half..(t + 1) * half],
             );
             rotate_heads(&mut row[..q_dim + kv_dim], cos, sin);
+            round_at(plan, Point::Query, &mut row[..q_dim]);
+            round_at(plan, Point::KeyValue, &mut row[q_dim..]);
             let (block, slot) = s.slots[t];
             let (k, v) = row[q_dim..].split_at(kv_dim);
             self.cache.write_token(block, layer_index, slot, k, v);
@@ -206,10 +237,20 @@ impl CpuBackend {
             &self.cache,
             layer_index,
             shape,
+            rounder_at(plan, Point::AttentionProbs),
         );
-        matmul_transposed(&mut s.hidden, attn, &layer.wo, rows, q_dim, h, true);
+        round_at(plan, Point::AttentionOutput, attn);
+        add_product(
+            &mut s.hidden,
+            &mut s.projection,
+            attn,
+            &layer.wo,
+            q_dim,
+            rounder_at(plan, Point::OProjOutput),
+        );
 
         rms_norm(&mut s.normed, &s.hidden, &layer.ffn_norm, c.rms_norm_eps);
+        round_at(plan, Point::NormOutput, &mut s.normed);
         let gate_up = resized(&mut s.gate_up, rows * 2 * inter);
         matmul_transposed(
             gate_up,
@@ -220,14 +261,24 @@ impl CpuBackend {
             2 * inter,
             false,
         );
+        round_at(plan, Point::GateUpOutput, gate_up);
         let act = resized(&mut s.act, rows * inter);
         silu_mul(act, gate_up, inter);
-        matmul_transposed(&mut s.hidden, act, &layer.down, rows, inter, h, true);
+        round_at(plan, Point::SwigluOutput, act);
+        add_product(
+            &mut s.hidden,
+            &mut s.projection,
+            act,
+            &layer.down,
+            inter,
+            rounder_at(plan, Point::DownOutput),
+        );
     }
 
     /// Final norm and output projection for the last token of each step that wants logits.
     fn logits(&mut self, batch: &[SeqStep<'_>]) -> Logits {
         let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        let plan = self.rounding.as_ref();
         let s = &mut self.scratch;
         s.logit_rows.clear();
         let mut end_row = 0;
@@ -246,6 +297,7 @@ impl CpuBackend {
             &self.weights.final_norm,
             self.config.rms_norm_eps,
         );
+        round_at(plan, Point::FinalNormOutput, normed);
         let mut data = vec![0f32; rows * vocab];
         matmul_transposed(
             &mut data,
@@ -256,11 +308,47 @@ impl CpuBackend {
             vocab,
             false,
         );
+        round_at(plan, Point::Logits, &mut data);
         Logits {
             vocab_size: vocab,
             data,
         }
     }
+}
+
+/// How `plan` rounds `point`; exact without a plan.
+fn rounder_at(plan: Option<&RoundingPlan>, point: RoundingPoint) -> Rounder {
+    plan.map_or(Rounder::EXACT, |plan| plan.rounder(point))
+}
+
+/// Rounds `values` at `point` when a plan is set.
+fn round_at(plan: Option<&RoundingPlan>, point: RoundingPoint, values: &mut [f32]) {
+    rounder_at(plan, point).round_all(values);
+}
+
+/// `hidden[rows, n] += input[rows, k] · w[n, k]ᵀ`, the end of a residual block: fused into the
+/// product, unless the product is to be rounded before the add (then it goes through `spare`).
+fn add_product(
+    hidden: &mut [f32],
+    spare: &mut Vec<f32>,
+    input: &[f32],
+    w: &[f32],
+    k: usize,
+    rounder: Rounder,
+) {
+    let n = w.len() / k;
+    let rows = hidden.len() / n;
+    if rounder.is_exact() {
+        matmul_transposed(hidden, input, w, rows, k, n, true);
+        return;
+    }
+    let product = resized(spare, rows * n);
+    matmul_transposed(product, input, w, rows, k, n, false);
+    rounder.round_all(product);
+    hidden
+        .iter_mut()
+        .zip(product.iter())
+        .for_each(|(h, p)| *h += p);
 }
 
 fn check_config(c: &ModelConfig) -> Result<(), BackendError> {

@@ -11,7 +11,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     Entry, LogId, OptionalSend, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote,
 };
-use tokio::sync::mpsc;
+use std::sync::mpsc as std_mpsc;
 
 use super::codec::{decode, encode, index_key};
 use crate::types::{NodeId, TypeConfig};
@@ -27,7 +27,7 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 pub struct SledLogStore {
     log: sled::Tree,
     meta: sled::Tree,
-    flusher: Option<mpsc::UnboundedSender<LogFlushed<TypeConfig>>>,
+    flusher: Option<std_mpsc::Sender<LogFlushed<TypeConfig>>>,
     /// Latest committed index openraft reported, for metrics (openraft's metrics lack it).
     committed_index: Arc<AtomicU64>,
 }
@@ -95,34 +95,45 @@ impl SledLogStore {
             .map_err(io::Error::other)
     }
 
-    /// Hands `callback` to the group-commit flusher, starting it if needed; falls back to an
-    /// inline flush when the flusher is gone (its runtime ended).
+    /// Hands `callback` to the group-commit flusher thread, starting it if needed; falls back
+    /// to an inline flush when the thread cannot be started or has gone.
     async fn complete_after_flush(&mut self, callback: LogFlushed<TypeConfig>) {
-        let sender = self.flusher.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(run_flusher(self.log.clone(), rx));
-            tx
-        });
-        if let Err(mpsc::error::SendError(callback)) = sender.send(callback) {
-            self.flusher = None;
-            callback.log_io_completed(self.flush().await);
+        if self.flusher.is_none() {
+            let (tx, rx) = std_mpsc::channel();
+            let log = self.log.clone();
+            let started = std::thread::Builder::new()
+                .name("raft-log-flush".to_owned())
+                .spawn(move || run_flusher(log, rx));
+            match started {
+                Ok(_) => self.flusher = Some(tx),
+                Err(e) => tracing::warn!(error = %e, "cannot start the raft log flusher thread"),
+            }
         }
+        let callback = match &self.flusher {
+            Some(sender) => match sender.send(callback) {
+                Ok(()) => return,
+                Err(std_mpsc::SendError(callback)) => callback,
+            },
+            None => callback,
+        };
+        self.flusher = None;
+        callback.log_io_completed(self.flush().await);
     }
 }
 
-/// Group commit: one `flush_async` covers every append queued while the previous flush ran.
-/// Callbacks complete strictly in append order and only once the data is durable.
-async fn run_flusher(
-    log: sled::Tree,
-    mut pending: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
-) {
+/// Group commit on a thread of its own: one blocking `flush` covers every append queued while
+/// the previous flush ran. Callbacks complete strictly in append order and only once the data
+/// is durable. A plain thread, not sled's `flush_async`: that one hands each flush to sled's
+/// I/O pool, whose every submission wakes all of its idle threads (seven per process), and
+/// on a small machine those wake-ups cost more than the flush itself.
+fn run_flusher(log: sled::Tree, pending: std_mpsc::Receiver<LogFlushed<TypeConfig>>) {
     let mut group = Vec::new();
-    while let Some(first) = pending.recv().await {
+    while let Ok(first) = pending.recv() {
         group.push(first);
         while let Ok(more) = pending.try_recv() {
             group.push(more);
         }
-        let result = log.flush_async().await.map(|_| ());
+        let result = log.flush().map(|_| ());
         for callback in group.drain(..) {
             let result = match &result {
                 Ok(()) => Ok(()),

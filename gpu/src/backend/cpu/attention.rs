@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::kernels::{axpy, dot, SharedMut};
 use super::kv_cache::KvCache;
+use super::rounding::Rounder;
 
 /// Query tokens per parallel task: long prefills split into several tasks per head.
 pub(super) const QUERY_CHUNK: usize = 32;
@@ -37,7 +38,8 @@ thread_local! {
 
 /// For each query row, attends over positions `0..=pos` of its sequence, reading K/V of
 /// `layer` through the sequence's block table. `q` rows are `q_row_stride` floats apart, with
-/// head `h` at `h * head_dim`; `out` is `[rows, num_heads * head_dim]`.
+/// head `h` at `h * head_dim`; `out` is `[rows, num_heads * head_dim]`. The softmax weights
+/// enter P·V rounded by `probs` (the rounding probe; exact normally), their sum stays exact.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn paged_attention(
     out: &mut [f32],
@@ -48,6 +50,7 @@ pub(super) fn paged_attention(
     cache: &KvCache,
     layer: usize,
     shape: HeadShape,
+    probs: Rounder,
 ) {
     let hd = shape.head_dim;
     let q_width = shape.num_heads * hd;
@@ -74,6 +77,7 @@ pub(super) fn paged_attention(
                 kv_head: head / group,
                 shape,
                 scale,
+                probs,
             };
             SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
@@ -108,6 +112,7 @@ struct HeadView<'a> {
     kv_head: usize,
     shape: HeadShape,
     scale: f32,
+    probs: Rounder,
 }
 
 /// The instruction set the attention loops are compiled for, chosen once per call.
@@ -172,6 +177,7 @@ fn attend(view: &HeadView<'_>, q: &[f32], scores: &mut [f32], acc: &mut [f32]) {
         *s = (*s - max_score).exp();
         total += *s;
     }
+    view.probs.round_all(scores);
     acc.fill(0.0);
     for (b, &block) in view.table[..blocks].iter().enumerate() {
         let (_, v_plane) = view.cache.planes(block as usize, view.layer);

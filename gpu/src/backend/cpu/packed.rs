@@ -1,6 +1,7 @@
 //! Weights rearranged once at load for the CPU forward pass: Q/K/V fused into one matrix and
 //! gate/up into another, so each step runs one product per group instead of three or two.
 
+use super::rounding::{RoundingPlan, RoundingPoint};
 use crate::backend::BackendError;
 use crate::config::ModelConfig;
 use crate::weights::{ModelWeights, Tensor};
@@ -32,6 +33,32 @@ pub(super) struct PackedWeights {
 impl PackedWeights {
     pub(super) fn output_matrix(&self) -> &[f32] {
         self.lm_head.as_deref().unwrap_or(&self.embed)
+    }
+
+    /// Rounds the matrices as `plan` says (norm weights and biases stay f32, as a 16-bit
+    /// device keeps them). A tied output head rounded differently from the embedding gets
+    /// its own copy.
+    pub(super) fn round(&mut self, plan: &RoundingPlan) {
+        let embed = plan.rounder(RoundingPoint::EmbedWeights);
+        let head = plan.rounder(RoundingPoint::LmHeadWeights);
+        if self.lm_head.is_none() && embed != head {
+            self.lm_head = Some(self.embed.clone());
+        }
+        embed.round_all(&mut self.embed);
+        if let Some(lm_head) = &mut self.lm_head {
+            head.round_all(lm_head);
+        }
+        let matrices = plan.rounder(RoundingPoint::LayerWeights);
+        for layer in &mut self.layers {
+            for matrix in [
+                &mut layer.qkv,
+                &mut layer.wo,
+                &mut layer.gate_up,
+                &mut layer.down,
+            ] {
+                matrices.round_all(matrix);
+            }
+        }
     }
 
     /// Checks every shape against `config` and repacks, consuming `weights` layer by layer so
