@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use stator_gpu::backend::cuda::CudaDtype;
 use stator_raft::model::{WorkerId, WorkerRole};
 
 #[derive(Parser, Debug)]
@@ -184,6 +185,12 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 0.90)]
     pub gpu_memory_utilization: f32,
 
+    /// 16-bit type of weights, activations and KV cache on a GPU: `bf16` (f32's range) or
+    /// `f16` (3 more mantissa bits: logits ~8x closer to f32, but values beyond ±65504
+    /// overflow). The CPU backend always computes in f32.
+    #[arg(long, default_value = "bf16", value_parser = parse_dtype)]
+    pub dtype: CudaDtype,
+
     /// Run without a model (cluster member only; the OpenAI API answers 503).
     #[arg(long, conflicts_with_all = ["model", "random_weights"])]
     pub no_model: bool,
@@ -319,6 +326,14 @@ fn parse_device(s: &str) -> Result<Device, String> {
     }
 }
 
+fn parse_dtype(s: &str) -> Result<CudaDtype, String> {
+    match s {
+        "bf16" => Ok(CudaDtype::Bf16),
+        "f16" => Ok(CudaDtype::F16),
+        _ => Err(format!("dtype '{s}' must be bf16 or f16")),
+    }
+}
+
 fn parse_voters(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
     if n == 0 || n.is_multiple_of(2) {
@@ -433,6 +448,13 @@ pub fn parse_role(s: &str) -> Result<WorkerRole, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dtypes_parse_and_bad_ones_are_explained() {
+        assert_eq!(parse_dtype("bf16"), Ok(CudaDtype::Bf16));
+        assert_eq!(parse_dtype("f16"), Ok(CudaDtype::F16));
+        assert!(parse_dtype("fp8").unwrap_err().contains("bf16 or f16"));
+    }
 
     #[test]
     fn devices_parse_and_bad_ones_are_explained() {

@@ -153,6 +153,7 @@ fn start_engine(path: PathBuf, args: &EngineArgs) -> Result<Started> {
         Device::Cuda(ordinal) => {
             let opts = CudaOptions {
                 device: ordinal,
+                dtype: args.dtype,
                 gpu_memory_utilization: args.gpu_memory_utilization,
                 block_size: args.block_size,
                 max_num_seqs: args.max_num_seqs,
