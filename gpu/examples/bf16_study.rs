@@ -371,32 +371,31 @@ fn verdict(study: &Study) {
         );
     }
     let runnable = keeping.iter().filter(|r| r.rounds_activations());
-    match runnable
-        .clone()
-        .find(|r| r.check_draws_over().0 == 0 && r.plan.at(P::Query) == Bf16)
-    {
-        Some(best) => println!(
-            "lowest-RMS plan with bf16 activations under {BOUND:.0e} on every draw of the check \
-             prompts: {}\n  rounds: {}",
-            best.name,
-            describe(&best.plan)
+    let verdicts: [(&str, Option<&&Row>); 2] = [
+        (
+            "bf16 weights and bf16 activations",
+            runnable
+                .clone()
+                .find(|r| r.check_draws_over().0 == 0 && r.plan.at(P::Query) == Bf16),
         ),
-        None => println!(
-            "NO plan with bf16 weights and bf16 activations stays under {BOUND:.0e} on every \
-             draw of the three check prompts."
+        (
+            "bf16 weights",
+            runnable.clone().find(|r| r.check_draws_over().0 == 0),
         ),
-    }
-    match runnable.clone().find(|r| r.check_draws_over().0 == 0) {
-        Some(best) => println!(
-            "lowest-RMS plan with bf16 weights under {BOUND:.0e} on every draw of the check \
-             prompts: {}\n  rounds: {}",
-            best.name,
-            describe(&best.plan)
-        ),
-        None => println!(
-            "NO plan with bf16 weights stays under {BOUND:.0e} on every draw of the three check \
-             prompts."
-        ),
+    ];
+    for (what, best) in verdicts {
+        match best {
+            Some(best) => println!(
+                "lowest-RMS plan with {what} under {BOUND:.0e} on every draw of the check \
+                 prompts: {}\n  rounds: {}",
+                best.name,
+                describe(&best.plan)
+            ),
+            None => println!(
+                "NO plan with {what} stays under {BOUND:.0e} on every draw of the three check \
+                 prompts."
+            ),
+        }
     }
     println!("check prompts per draw of the activation noise (prompt0 prompt1 prompt2):");
     let shown = study
