@@ -71,6 +71,34 @@ serve() {
             --request-timeout 120 --no-progress --out "$WORK/e2e-$label-c$c.json" >"$WORK/bench-$label-c$c.log" 2>&1 \
             || { echo "stator-bench $label c$c failed:"; tail -n 5 "$WORK/bench-$label-c$c.log"; status=1; }
     done
+    # A second client for one stream: Python's http.client, timing the response headers and
+    # the first non-empty content chunk (tells the server's share of TTFT from the client's).
+    if [[ "${PY_TTFT:-0}" == 1 ]]; then
+        python3 - "$http" "$name" <<'PY' || true
+import http.client, json, sys, time
+host, port = sys.argv[1].split(":"); model = sys.argv[2]
+words = "service system it person mother point reason team history from company week fact time".split()
+prompt = " ".join(words[i % len(words)] for i in range(240))
+body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 8,
+                   "ignore_eos": True, "stream": True})
+heads, firsts = [], []
+conn = http.client.HTTPConnection(host, int(port))
+for _ in range(20):
+    t = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", body=body, headers={"content-type": "application/json"})
+    resp = conn.getresponse(); heads.append((time.perf_counter() - t) * 1e3); first = None
+    while True:
+        line = resp.readline()
+        if not line: break
+        if first is None and line.startswith(b"data:") and b"[DONE]" not in line:
+            choices = json.loads(line[5:]).get("choices") or []
+            if choices and choices[0].get("delta", {}).get("content"):
+                first = (time.perf_counter() - t) * 1e3
+    firsts.append(first if first is not None else float("nan"))
+heads.sort(); firsts.sort()
+print(f"python client, 1 stream, ~250-token chat prompt: headers p50 {heads[10]:.1f} ms, first content p50 {firsts[10]:.1f} ms")
+PY
+    fi
     grep -E "graph|CUDA backend ready" "$WORK/peer-$label.log" | head -3 || true
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
@@ -78,7 +106,7 @@ serve() {
 
 # E2E_MODELS picks a subset; DEVICE=cpu (with small sizes) tries this script without a GPU.
 models=" ${E2E_MODELS:-smollm2 llama-3.2-1b} "
-[[ $models != *" smollm2 "* ]] || serve smollm2 smollm2 1 --model "$model"
+[[ $models != *" smollm2 "* ]] || PY_TTFT=1 serve smollm2 smollm2 1 --model "$model"
 [[ $models != *" llama-3.2-1b "* ]] || serve llama-3.2-1b llama-3.2-1b 1 --model "$model" --random-weights llama-3.2-1b
 # The same SmolLM2 runs with every step launched eagerly (GRAPHS_AB=0 skips this).
 [[ "${GRAPHS_AB:-1}" == 0 ]] || serve smollm2 smollm2-nographs 0 --model "$model"
@@ -97,8 +125,8 @@ for _ in range(200):
 ts.sort()
 print(f"fdatasync on /tmp/stator-e2e: p50 {ts[100]*1e3:.3f} ms, p99 {ts[197]*1e3:.3f} ms")
 PY
-    CONCURRENCY=1 serve smollm2 smollm2-noleases 1 --model "$model" --local-engine-only
-    DATA_ROOT=/dev/shm/stator-e2e CONCURRENCY=1 serve smollm2 smollm2-shm 1 --model "$model"
+    PY_TTFT=1 CONCURRENCY=1 serve smollm2 smollm2-noleases 1 --model "$model" --local-engine-only
+    PY_TTFT=1 DATA_ROOT=/dev/shm/stator-e2e CONCURRENCY=1 serve smollm2 smollm2-shm 1 --model "$model"
 fi
 
 echo

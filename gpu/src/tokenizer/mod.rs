@@ -52,6 +52,9 @@ impl TokenizerError {
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// `tokenizers` answers `get_vocab_size(true)` by building the whole vocabulary map
+    /// (~49k strings for SmolLM2: milliseconds), and every request asks for it.
+    vocab_size: usize,
     bos_id: Option<u32>,
     eos_ids: Vec<u32>,
     add_bos: bool,
@@ -113,6 +116,7 @@ impl Tokenizer {
         let mut seen = std::collections::HashSet::new();
         eos_ids.retain(|id| seen.insert(*id));
         Self {
+            vocab_size: inner.get_vocab_size(true),
             inner,
             bos_id,
             eos_ids,
@@ -146,7 +150,7 @@ impl Tokenizer {
 
     /// Number of ids, special tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
