@@ -129,6 +129,38 @@ PY
     PY_TTFT=1 DATA_ROOT=/dev/shm/stator-e2e CONCURRENCY=1 serve smollm2 smollm2-shm 1 --model "$model"
 fi
 
+# A short serving run under compute-sanitizer memcheck (MEMCHECK_SERVE=0 skips it): the peer
+# on the GPU serves 3 streamed requests (graphs and all), then stops on SIGTERM so the sanitizer
+# prints its summary. Bounded: the whole step gives up after MEMCHECK_BUDGET_S seconds.
+if [[ "${MEMCHECK_SERVE:-1}" == 1 ]] && command -v compute-sanitizer >/dev/null; then
+    data=/tmp/stator-e2e/memcheck; rm -rf "$data"
+    timeout "${MEMCHECK_BUDGET_S:-300}" compute-sanitizer --tool memcheck --leak-check no \
+        "$bin/stator" peer --data-dir "$data" --listen 127.0.0.1:17401 --http 127.0.0.1:18081 \
+        --device "${DEVICE:-cuda:0}" --served-model-name smollm2 --max-num-seqs 4 --model "$model" \
+        >"$WORK/memcheck-serve.log" 2>&1 &
+    sanitizer=$!
+    python3 - <<'PY' || echo "memcheck serving run: the requests did not complete"
+import http.client, json, time
+deadline = time.time() + 240
+while time.time() < deadline:
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", 18081, timeout=5); c.request("GET", "/v1/models")
+        if b"smollm2" in c.getresponse().read(): break
+    except OSError: pass
+    time.sleep(2)
+for i in range(3):
+    c = http.client.HTTPConnection("127.0.0.1", 18081, timeout=120)
+    body = json.dumps({"model": "smollm2", "messages": [{"role": "user", "content": f"Count to {i + 3}."}],
+                       "max_tokens": 24, "stream": True})
+    c.request("POST", "/v1/chat/completions", body=body, headers={"content-type": "application/json"})
+    r = c.getresponse(); n = sum(1 for line in r.read().split(b"\n") if line.startswith(b"data:"))
+    print(f"memcheck serving run: request {i} status {r.status}, {n} SSE events")
+PY
+    pkill -TERM -x stator || true  # the peer itself; its sanitizer then prints the summary
+    wait "$sanitizer" || true
+    grep -E "ERROR SUMMARY|Program hit|Invalid" "$WORK/memcheck-serve.log" | head -5 || true
+fi
+
 echo
 echo "################ E2E SUMMARY ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)) ################"
 python3 - "$WORK" "$OUT" <<'PY'
