@@ -4,10 +4,15 @@
 //!
 //! ```text
 //! cuda_bench [--models smollm2-135m,llama-3.2-1b,llama-3.1-8b] [--out results.json] [--quick]
+//!            [--fusion-ab-only]
 //! ```
-//! Decode steps are timed twice, launched eagerly and replayed from CUDA graphs.
-//! ```text
-//! ```
+//! Decode steps are timed twice, launched eagerly and replayed from CUDA graphs, both with
+//! programmatic dependent launch when the device has it (sm_90+); batches 1 and 8 are timed
+//! again with it off (`pdl off` columns), so one run gives the A/B. Every one-row GEMV variant
+//! (`GemvVariant`) gets its own projection rows and b1 ctx512 decode step (graphs + PDL), and
+//! the b1 steps at contexts 512 and 2048 compare the baseline GEMV and split-K with its
+//! one-row fusions (SwiGLU into gate/up, rope + K/V write into QKV) off and on
+//! (`--fusion-ab-only`: that comparison alone).
 
 use std::sync::Arc;
 
@@ -17,7 +22,7 @@ use serde_json::json;
 use stator_gpu::backend::cuda::gemm::{Blas, OutType};
 use stator_gpu::backend::cuda::kernels::{Arg, Kernels};
 use stator_gpu::backend::cuda::{
-    cuda_available, CudaBackend, CudaDtype, CudaOptions, Gpu, GraphMode,
+    cuda_available, CudaBackend, CudaDtype, CudaOptions, DeviceBuffer, GemvVariant, Gpu, GraphMode,
 };
 use stator_gpu::backend::{Backend, SeqStep};
 use stator_gpu::config::ModelConfig;
@@ -127,6 +132,115 @@ fn ceilings(gpu: &Arc<Gpu>, timer: &Timer) -> Res<Ceilings> {
     })
 }
 
+/// Weight regions of the projection benchmarks rotate through this many bytes, so no run reads
+/// weights from L2 (50 MB).
+const POOL_BYTES: usize = 2 << 30;
+
+/// (name, in, out) of the projections timed on their own.
+const PROJECTION_SHAPES: [(&str, usize, usize); 9] = [
+    ("8B qkv", 4096, 6144),
+    ("8B o_proj", 4096, 4096),
+    ("8B gate_up", 4096, 28672),
+    ("8B down", 14336, 4096),
+    ("8B lm_head", 4096, 128_256),
+    ("1B qkv", 2048, 3072),
+    ("1B o_proj", 2048, 2048),
+    ("1B gate_up", 2048, 16384),
+    ("1B down", 8192, 2048),
+];
+
+/// A device buffer of `elems` 16-bit normal values (standard deviation `std`).
+fn random_half_buffer(
+    gpu: &Arc<Gpu>,
+    kernels: &Kernels,
+    elems: usize,
+    seed: u64,
+    std: f32,
+) -> Res<DeviceBuffer> {
+    let buffer = gpu.alloc(elems * 2, "random 16-bit values")?;
+    kernels.launch(
+        &kernels.fill_normal,
+        (4096, 1, 1),
+        256,
+        &[
+            Arg::Ptr(buffer.ptr()),
+            Arg::U64(elems as u64),
+            Arg::U64(seed),
+            Arg::U64(seed),
+            Arg::F32(std),
+        ],
+    )?;
+    gpu.synchronize()?;
+    Ok(buffer)
+}
+
+/// Launches per timed stream in [`gemv_variant_rates`]'s back-to-back column.
+const BACK_TO_BACK: usize = 16;
+
+/// Every one-row GEMV variant on every projection shape, timed two ways: one launch alone
+/// between events with PDL off (comparable with the `skinny` rows above; includes the launch's
+/// own ramp and the event overhead), and per launch within a stream of `BACK_TO_BACK` launches
+/// with PDL on, as a decode step runs them (each launch on a different weight region).
+fn gemv_variant_rates(
+    gpu: &Arc<Gpu>,
+    timer: &Timer,
+    table: &mut Vec<String>,
+    results: &mut Vec<serde_json::Value>,
+) -> Res<()> {
+    let kernels = Kernels::compile(gpu, 128, 4, CudaDtype::Bf16)?;
+    let pool = random_half_buffer(gpu, &kernels, POOL_BYTES / 2, 5, 0.02)?;
+    let x = random_half_buffer(gpu, &kernels, 14336, 6, 1.0)?;
+    let y = gpu.alloc(128_256 * 4, "y")?;
+    let pdl_available = kernels.supports_programmatic_launch();
+    table.push(format!(
+        "one-row GEMV variants: alone (PDL off) | per launch in {BACK_TO_BACK} back to back (PDL {})",
+        if pdl_available { "on" } else { "unavailable: off" }
+    ));
+    for &(name, inn, out) in &PROJECTION_SHAPES {
+        let bytes = inn * out * 2;
+        let regions = (POOL_BYTES / bytes).max(1);
+        let mut line = format!("  {name:<11} {inn:>5}x{out:<6}");
+        for variant in GemvVariant::ALL {
+            let mut rep = 0usize;
+            let mut launch = || -> Res<()> {
+                let w = pool.ptr() + ((rep % regions) * bytes) as u64;
+                rep += 1;
+                kernels
+                    .skinny_gemm_with(variant, y.ptr(), true, x.ptr(), w, 1, inn, out, false)
+                    .ok_or("shape refused")??;
+                Ok(())
+            };
+            kernels.set_programmatic_launch(false);
+            let alone_ms = timer.median_ms(gpu, 3, 20, &mut launch)?;
+            kernels.set_programmatic_launch(true);
+            let stream_ms = timer.median_ms(gpu, 1, 10, || {
+                for _ in 0..BACK_TO_BACK {
+                    launch()?;
+                }
+                Ok(())
+            })? / BACK_TO_BACK as f64;
+            kernels.set_programmatic_launch(false);
+            let gbps = |ms: f64| bytes as f64 / (ms * 1e-3) / 1e9;
+            println!(
+                "  gemv {variant:<10} {name:<11} {:7.1} us {:5.0} GB/s alone, {:7.1} us {:5.0} GB/s back to back",
+                alone_ms * 1e3,
+                gbps(alone_ms),
+                stream_ms * 1e3,
+                gbps(stream_ms)
+            );
+            line.push_str(&format!(
+                " | {variant:<10} {:6.1} {:6.1} us {:4.0} GB/s",
+                alone_ms * 1e3,
+                stream_ms * 1e3,
+                gbps(stream_ms)
+            ));
+            results.push(json!({"kind": "gemv_variant", "variant": variant.name(), "name": name, "rows": 1, "in": inn, "out": out, "us_alone": alone_ms * 1e3, "gbps_alone": gbps(alone_ms), "us_back_to_back": stream_ms * 1e3, "gbps_back_to_back": gbps(stream_ms), "back_to_back_programmatic_launch": pdl_available}));
+        }
+        table.push(line);
+    }
+    Ok(())
+}
+
 /// Weight-streaming rate of each 8B projection shape at decode batch sizes: cuBLAS against
 /// the skinny GEMM. Weight regions rotate through 2 GiB so no run reads from L2.
 fn projection_rates(
@@ -137,47 +251,12 @@ fn projection_rates(
 ) -> Res<()> {
     let kernels = Kernels::compile(gpu, 128, 4, CudaDtype::Bf16)?;
     let blas = Blas::new(gpu, CudaDtype::Bf16)?;
-    let pool_bytes = 2usize << 30;
-    let pool = gpu.alloc(pool_bytes, "weights pool")?;
-    kernels.launch(
-        &kernels.fill_normal,
-        (4096, 1, 1),
-        256,
-        &[
-            Arg::Ptr(pool.ptr()),
-            Arg::U64((pool_bytes / 2) as u64),
-            Arg::U64(3),
-            Arg::U64(3),
-            Arg::F32(0.02),
-        ],
-    )?;
-    let x = gpu.alloc(8 * 14336 * 2, "x")?;
-    kernels.launch(
-        &kernels.fill_normal,
-        (64, 1, 1),
-        256,
-        &[
-            Arg::Ptr(x.ptr()),
-            Arg::U64(8 * 14336),
-            Arg::U64(4),
-            Arg::U64(4),
-            Arg::F32(1.0),
-        ],
-    )?;
+    let pool_bytes = POOL_BYTES;
+    let pool = random_half_buffer(gpu, &kernels, pool_bytes / 2, 3, 0.02)?;
+    let x = random_half_buffer(gpu, &kernels, 8 * 14336, 4, 1.0)?;
     let y = gpu.alloc(8 * 128_256 * 4, "y")?;
-    let shapes = [
-        ("8B qkv", 4096usize, 6144usize),
-        ("8B o_proj", 4096, 4096),
-        ("8B gate_up", 4096, 28672),
-        ("8B down", 14336, 4096),
-        ("8B lm_head", 4096, 128_256),
-        ("1B qkv", 2048, 3072),
-        ("1B o_proj", 2048, 2048),
-        ("1B gate_up", 2048, 16384),
-        ("1B down", 8192, 2048),
-    ];
     for rows in [1usize, 8] {
-        for &(name, inn, out) in &shapes {
+        for &(name, inn, out) in &PROJECTION_SHAPES {
             if rows > 1 && name.starts_with("1B") {
                 continue;
             }
@@ -211,6 +290,141 @@ fn projection_rates(
             }
         }
     }
+    Ok(())
+}
+
+/// Block tables (consecutive blocks per sequence) and one next token per sequence for decode
+/// steps of `batch` sequences holding `ctx` tokens each.
+fn decode_inputs(batch: usize, ctx: usize, block_size: usize) -> (Vec<Vec<u32>>, Vec<[u32; 1]>) {
+    let blocks_per_seq = (ctx + 1).div_ceil(block_size);
+    let tables = (0..batch)
+        .map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect())
+        .collect();
+    let tokens = (0..batch).map(|s| [(s * 31 + 5) as u32]).collect();
+    (tables, tokens)
+}
+
+/// The b1 ctx512 decode step with each one-row GEMV variant, eager and from graphs, with the
+/// backend's launch mode (PDL on where available).
+#[allow(clippy::too_many_arguments)]
+fn gemv_variant_decode(
+    backend: &mut CudaBackend,
+    timer: &Timer,
+    config: &ModelConfig,
+    name: &str,
+    copy_gbps: f64,
+    quick: bool,
+    table: &mut Vec<String>,
+    results: &mut Vec<serde_json::Value>,
+) -> Res<()> {
+    let (batch, ctx) = (1usize, 512usize);
+    let (tables, tokens) = decode_inputs(batch, ctx, backend.kv_layout().block_size);
+    let steps: Vec<SeqStep> = tables
+        .iter()
+        .zip(&tokens)
+        .map(|(t, tok)| SeqStep {
+            tokens: tok,
+            start_pos: ctx - 1,
+            block_table: t,
+            want_logits: true,
+        })
+        .collect();
+    let stream_gpu = backend.gpu().clone();
+    let reps = if quick { 5 } else { 20 };
+    let initial = backend.gemv_variant();
+    let pdl = backend.programmatic_launch();
+    let floor_ms = decode_bytes(config, backend, batch, ctx) / (copy_gbps * 1e9) * 1e3;
+    for variant in GemvVariant::ALL {
+        // Drops the graphs captured with the previous kernel; the warm-up recaptures.
+        backend.set_gemv_variant(variant);
+        backend.set_graph_mode(GraphMode::Off);
+        let eager = timer.median_ms(&stream_gpu, 3, reps, || {
+            Ok(backend.forward_on_device(&steps)?)
+        });
+        backend.set_graph_mode(GraphMode::On);
+        let before = backend.graph_stats();
+        let graph = timer.median_ms(&stream_gpu, 3, reps, || {
+            Ok(backend.forward_on_device(&steps)?)
+        });
+        let replayed = backend.graph_stats().replayed - before.replayed;
+        backend.set_graph_mode(GraphMode::Off);
+        let (eager, graph) = (eager?, graph?);
+        println!("  decode b{batch} ctx{ctx} gemv {variant:<10} {eager:8.3} ms eager {graph:8.3} ms graph ({replayed} replays)  {:.1}% of roofline (graph)", floor_ms / graph * 100.0);
+        table.push(format!("{name:<14} decode b{batch:<3} ctx{ctx:<5} gemv {variant:<10} {eager:9.3} ms eager {graph:9.3} ms graph  {:5.1}% of HBM roofline (graph, PDL {})", floor_ms / graph * 100.0, if pdl { "on" } else { "off" }));
+        results.push(json!({"model": name, "kind": "decode_gemv_variant", "variant": variant.name(), "batch": batch, "context": ctx, "programmatic_launch": pdl, "step_ms": eager, "graph_step_ms": graph, "graph_replays": replayed, "roofline_ms": floor_ms, "graph_roofline_fraction": floor_ms / graph}));
+    }
+    backend.set_gemv_variant(initial);
+    Ok(())
+}
+
+/// The b1 decode step from graphs (PDL as the backend has it) at contexts 512 and 2048, with
+/// the baseline GEMV, and with split-K with its one-row fusions off, SwiGLU folded into gate/up
+/// only, and SwiGLU and rope + K/V write folded (the default): the split-K configurations are
+/// timed twice, interleaved, so drift shows as a difference between rounds.
+#[allow(clippy::too_many_arguments)]
+fn one_row_fusion_ab(
+    backend: &mut CudaBackend,
+    timer: &Timer,
+    config: &ModelConfig,
+    name: &str,
+    copy_gbps: f64,
+    quick: bool,
+    table: &mut Vec<String>,
+    results: &mut Vec<serde_json::Value>,
+) -> Res<()> {
+    let initial = backend.gemv_variant();
+    let pdl = backend.programmatic_launch();
+    let stream_gpu = backend.gpu().clone();
+    let reps = if quick { 5 } else { 20 };
+    let configs = [
+        ("baseline", GemvVariant::Baseline, false, false),
+        ("split_k apart", GemvVariant::SplitK, false, false),
+        ("split_k +swiglu", GemvVariant::SplitK, true, false),
+        ("split_k +swiglu+rope", GemvVariant::SplitK, true, true),
+    ];
+    for ctx in [512usize, 2048] {
+        let (tables, tokens) = decode_inputs(1, ctx, backend.kv_layout().block_size);
+        let steps = [SeqStep {
+            tokens: &tokens[0],
+            start_pos: ctx - 1,
+            block_table: &tables[0],
+            want_logits: true,
+        }];
+        let floor_ms = decode_bytes(config, backend, 1, ctx) / (copy_gbps * 1e9) * 1e3;
+        // rounds[r][i]: round r of configuration i.
+        let mut rounds = [[f64::NAN; 4]; 2];
+        for (round, slots) in rounds.iter_mut().enumerate() {
+            for (i, &(_, variant, swiglu, rope)) in configs.iter().enumerate() {
+                if round == 1 && i == 0 {
+                    continue;
+                }
+                // Each switch drops the captured graphs; the warm-up recaptures them.
+                backend.set_gemv_variant(variant);
+                backend.set_fuse_one_row_swiglu(swiglu);
+                backend.set_fuse_one_row_rope(rope);
+                backend.set_graph_mode(GraphMode::On);
+                let timed = timer.median_ms(&stream_gpu, 3, reps, || {
+                    Ok(backend.forward_on_device(&steps)?)
+                });
+                backend.set_graph_mode(GraphMode::Off);
+                slots[i] = timed?;
+            }
+        }
+        for (i, &(label, variant, swiglu, rope)) in configs.iter().enumerate() {
+            let (first, second) = (rounds[0][i], rounds[1][i]);
+            let best = if second.is_nan() {
+                first
+            } else {
+                first.min(second)
+            };
+            println!("  decode b1 ctx{ctx} {label:<14} {first:8.3} / {second:8.3} ms graph  {:.1}% of roofline", floor_ms / best * 100.0);
+            table.push(format!("{name:<14} decode b1   ctx{ctx:<5} {label:<14} {first:9.3} / {second:9.3} ms graph (rounds 1/2)  {:5.1}% of HBM roofline (PDL {})", floor_ms / best * 100.0, if pdl { "on" } else { "off" }));
+            results.push(json!({"model": name, "kind": "decode_one_row_fusion_ab", "config": label, "variant": variant.name(), "swiglu_fused": swiglu, "rope_fused": rope, "batch": 1, "context": ctx, "programmatic_launch": pdl, "graph_step_ms_rounds": [first, second], "roofline_ms": floor_ms, "graph_roofline_fraction": floor_ms / best}));
+        }
+    }
+    backend.set_gemv_variant(initial);
+    backend.set_fuse_one_row_swiglu(CudaOptions::default().fuse_one_row_swiglu);
+    backend.set_fuse_one_row_rope(CudaOptions::default().fuse_one_row_rope);
     Ok(())
 }
 
@@ -252,6 +466,8 @@ fn main() -> Res<()> {
     let models = arg("--models").unwrap_or_else(|| "smollm2-135m,llama-3.2-1b,llama-3.1-8b".into());
     let out_path = arg("--out");
     let quick = args.iter().any(|a| a == "--quick");
+    // Only the b1 A/B of the one-row split-K fusions (short device runs).
+    let fusion_ab_only = args.iter().any(|a| a == "--fusion-ab-only");
     if !cuda_available() {
         println!("CUDA is not available on this machine: no benchmark");
         return Ok(());
@@ -265,7 +481,10 @@ fn main() -> Res<()> {
     );
     let mut results = Vec::new();
     let mut table = Vec::new();
-    projection_rates(&gpu, &timer, &mut table, &mut results)?;
+    if !fusion_ab_only {
+        projection_rates(&gpu, &timer, &mut table, &mut results)?;
+        gemv_variant_rates(&gpu, &timer, &mut table, &mut results)?;
+    }
     for name in models.split(',') {
         let config = preset(name).ok_or_else(|| format!("unknown preset {name}"))?;
         let opts = CudaOptions {
@@ -279,6 +498,12 @@ fn main() -> Res<()> {
         // host's enqueueing (round 1 did that; its pageable metadata copies happened to wait
         // for the previous step, which hid it for eager steps but not for graph replays).
         let stream_gpu = backend.gpu().clone();
+        // The backend's default (on where the device supports it, unless STATOR_CUDA_PDL=0).
+        let pdl = backend.programmatic_launch();
+        println!(
+            "  programmatic dependent launch: {}",
+            if pdl { "on" } else { "off" }
+        );
         backend.randomize_kv_cache(7)?;
         println!(
             "{name}: weights {:.2} GB, {} KV blocks, ready in {:.1} s",
@@ -286,6 +511,19 @@ fn main() -> Res<()> {
             backend.num_kv_blocks(),
             started.elapsed().as_secs_f64()
         );
+        one_row_fusion_ab(
+            &mut backend,
+            &timer,
+            &config,
+            name,
+            ceil.copy_gbps,
+            quick,
+            &mut table,
+            &mut results,
+        )?;
+        if fusion_ab_only {
+            continue;
+        }
         let bs = backend.kv_layout().block_size;
         let batches: &[usize] = if quick { &[1, 32] } else { &[1, 8, 32, 128] };
         for &ctx in &[512usize, 2048] {
@@ -330,9 +568,38 @@ fn main() -> Res<()> {
                 let graph_frac = floor_ms / graph_ms;
                 println!("  decode b{batch:<3} ctx{ctx:<5} {ms:8.3} ms/step eager, {graph_ms:8.3} graph ({replayed} replays)  roofline {floor_ms:.3} ms ({:.0}% / {:.0}%)", frac * 100.0, graph_frac * 100.0);
                 table.push(format!("{name:<14} decode b{batch:<3} ctx{ctx:<5} {ms:9.3} ms eager {graph_ms:9.3} ms graph  {:9.0} tok/s  {:5.1}% / {:5.1}% of HBM roofline", batch as f64 / graph_ms.min(ms) * 1e3, frac * 100.0, graph_frac * 100.0));
-                results.push(json!({"model": name, "kind": "decode", "batch": batch, "context": ctx, "step_ms": ms, "graph_step_ms": graph_ms, "graph_replays": replayed, "tokens_per_s": batch as f64 / ms * 1e3, "graph_tokens_per_s": batch as f64 / graph_ms * 1e3, "bytes_per_step": bytes, "roofline_ms": floor_ms, "roofline_fraction": frac, "graph_roofline_fraction": graph_frac}));
+                results.push(json!({"model": name, "kind": "decode", "batch": batch, "context": ctx, "programmatic_launch": pdl, "step_ms": ms, "graph_step_ms": graph_ms, "graph_replays": replayed, "tokens_per_s": batch as f64 / ms * 1e3, "graph_tokens_per_s": batch as f64 / graph_ms * 1e3, "bytes_per_step": bytes, "roofline_ms": floor_ms, "roofline_fraction": frac, "graph_roofline_fraction": graph_frac}));
+                if pdl && (batch == 1 || batch == 8) {
+                    // A/B: the same steps launched the ordinary way, eager and from graphs
+                    // (switching drops the captured graphs; the warm-up recaptures them).
+                    backend.set_programmatic_launch(false);
+                    let plain = timer.median_ms(&stream_gpu, 3, reps, || {
+                        Ok(backend.forward_on_device(&steps)?)
+                    });
+                    backend.set_graph_mode(GraphMode::On);
+                    let plain_graph = timer.median_ms(&stream_gpu, 3, reps, || {
+                        Ok(backend.forward_on_device(&steps)?)
+                    });
+                    backend.set_graph_mode(GraphMode::Off);
+                    backend.set_programmatic_launch(true);
+                    let (plain, plain_graph) = (plain?, plain_graph?);
+                    let gain = (graph_ms / plain_graph - 1.0) * 100.0;
+                    println!("  decode b{batch:<3} ctx{ctx:<5} pdl off: {plain:8.3} ms/step eager, {plain_graph:8.3} graph; pdl on: {ms:8.3} / {graph_ms:8.3} ({gain:+.1}% graph)");
+                    table.push(format!("{name:<14} decode b{batch:<3} ctx{ctx:<5} PDL off {plain:9.3} ms eager {plain_graph:9.3} ms graph | PDL on {ms:9.3} / {graph_ms:9.3} ms ({gain:+.1}% graph)  {:5.1}% -> {:5.1}% of HBM roofline (graphs)", floor_ms / plain_graph * 100.0, graph_frac * 100.0));
+                    results.push(json!({"model": name, "kind": "decode_pdl_ab", "batch": batch, "context": ctx, "step_ms_pdl_off": plain, "graph_step_ms_pdl_off": plain_graph, "step_ms_pdl_on": ms, "graph_step_ms_pdl_on": graph_ms, "roofline_ms": floor_ms, "graph_roofline_fraction_pdl_off": floor_ms / plain_graph, "graph_roofline_fraction_pdl_on": graph_frac}));
+                }
             }
         }
+        gemv_variant_decode(
+            &mut backend,
+            &timer,
+            &config,
+            name,
+            ceil.copy_gbps,
+            quick,
+            &mut table,
+            &mut results,
+        )?;
         // A/B: the same decode steps with every projection on cuBLAS.
         for &(batch, ctx) in &[(1usize, 512usize), (8, 512), (1, 2048)] {
             let blocks_per_seq = (ctx + 1).div_ceil(bs);

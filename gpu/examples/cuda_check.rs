@@ -16,11 +16,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use stator_gpu::backend::cpu::CpuBackend;
 use stator_gpu::backend::cuda::gemm::{Blas, OutType};
+use stator_gpu::backend::cuda::gemv;
 use stator_gpu::backend::cuda::kernels::{Arg, Kernels, DECODE_THREADS, NULL, PREFILL_THREADS};
 use stator_gpu::backend::cuda::plan::StepPlan;
 use stator_gpu::backend::cuda::weights::{from_half_bits, to_half_bits};
 use stator_gpu::backend::cuda::{
-    cuda_available, CudaBackend, CudaDtype, CudaOptions, DeviceBuffer, Gpu, GraphMode,
+    cuda_available, CudaBackend, CudaDtype, CudaOptions, DeviceBuffer, GemvVariant, Gpu, GraphMode,
 };
 use stator_gpu::backend::{Backend, BackendError, SeqStep};
 use stator_gpu::config::ModelConfig;
@@ -308,6 +309,489 @@ fn check_elementwise(gpu: &Arc<Gpu>, rng: &mut ChaCha8Rng, report: &mut Report) 
             if out_type == OutType::F32 { 1e-4 } else { 8e-3 },
         );
     }
+    check_gemv_variants(gpu, &k, rng, report)?;
+    check_gate_up_swiglu(gpu, &k, rng, report)?;
+    check_qkv_rope(gpu, &k, rng, report)
+}
+
+/// The split-K QKV + rope + K/V write kernel of one-row steps against the unfused path it
+/// replaces (split-K projection into f32, then `rope_kv_write`), bit for bit: Q and the whole
+/// cache (poisoned before, so a missed or stray write shows), with and without a QKV bias,
+/// PDL off and on. `rope_kv_write` itself is checked against float64 in
+/// `check_rope_and_attention`.
+fn check_qkv_rope(
+    gpu: &Arc<Gpu>,
+    k: &Kernels,
+    rng: &mut ChaCha8Rng,
+    report: &mut Report,
+) -> Res<()> {
+    let hd = k.head_dim;
+    let (num_layers, layer, block_size, num_blocks) = (2usize, 1usize, 16usize, 4usize);
+    // (hidden, q heads, kv heads, bias): 8B-like width (2 warps per row), SmolLM2-like (1).
+    let cases = [(4096usize, 6usize, 2usize, true), (576, 9, 3, false)];
+    let initial = k.programmatic_launch();
+    let pdl_modes: &[bool] = if k.supports_programmatic_launch() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    let inv_freq: Vec<f64> = (0..hd / 2)
+        .map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / hd as f64))
+        .collect();
+    let d_inv_freq = gpu.alloc(inv_freq.len() * 8, "check")?;
+    d_inv_freq.write(&inv_freq)?;
+    let (position, slot) = (1234i32, (2 * block_size + 5) as i32);
+    let (d_pos, d_slot) = (upload_i32(gpu, &[position])?, upload_i32(gpu, &[slot])?);
+    for (inn, nh, nkv, with_bias) in cases {
+        let (q_dim, kv_dim) = (nh * hd, nkv * hd);
+        let out = q_dim + 2 * kv_dim;
+        let x = randn(rng, inn, 1.0);
+        let w = randn(rng, out * inn, 0.05);
+        let bias = randn(rng, out, 0.5);
+        let (dx, dw, d_bias) = (
+            upload_half(gpu, &x)?,
+            upload_half(gpu, &w)?,
+            upload_f32(gpu, &bias)?,
+        );
+        let bias_ptr = if with_bias { d_bias.ptr() } else { 0 };
+        let cache_elems = num_blocks * num_layers * 2 * block_size * kv_dim;
+        for &pdl in pdl_modes {
+            k.set_programmatic_launch(pdl);
+            let (q_fused, cache_fused) =
+                (poisoned(gpu, q_dim * 2)?, poisoned(gpu, cache_elems * 2)?);
+            let rope = gemv::QkvRope {
+                bias: bias_ptr,
+                positions: d_pos.ptr(),
+                slots: d_slot.ptr(),
+                inv_freq: d_inv_freq.ptr(),
+                q_out: q_fused.ptr(),
+                cache: cache_fused.ptr(),
+                inn,
+                layer,
+                num_layers,
+                num_heads: nh,
+                num_kv_heads: nkv,
+                block_size,
+            };
+            k.gemv_qkv_rope(&rope, dx.ptr(), dw.ptr())
+                .ok_or("the QKV + rope kernel refused the shape")??;
+            let (q_apart, cache_apart) =
+                (poisoned(gpu, q_dim * 2)?, poisoned(gpu, cache_elems * 2)?);
+            let qkv = poisoned(gpu, out * 4)?;
+            k.skinny_gemm_with(
+                GemvVariant::SplitK,
+                qkv.ptr(),
+                true,
+                dx.ptr(),
+                dw.ptr(),
+                1,
+                inn,
+                out,
+                false,
+            )
+            .ok_or("the one-row GEMV refused the shape")??;
+            k.launch(
+                &k.rope_kv_write,
+                (1, 1, 1),
+                256,
+                &[
+                    Arg::Ptr(qkv.ptr()),
+                    if with_bias {
+                        Arg::Ptr(d_bias.ptr())
+                    } else {
+                        NULL
+                    },
+                    Arg::Ptr(d_pos.ptr()),
+                    Arg::Ptr(d_slot.ptr()),
+                    Arg::Ptr(d_inv_freq.ptr()),
+                    Arg::Ptr(q_apart.ptr()),
+                    Arg::Ptr(cache_apart.ptr()),
+                    Arg::I32(layer as i32),
+                    Arg::I32(num_layers as i32),
+                    Arg::I32(nh as i32),
+                    Arg::I32(nkv as i32),
+                    Arg::I32(block_size as i32),
+                ],
+            )?;
+            let bits = |b: &DeviceBuffer, n: usize| -> Res<Vec<u16>> {
+                let mut v = vec![0u16; n];
+                b.read(&mut v)?;
+                Ok(v)
+            };
+            let (qf, qa) = (bits(&q_fused, q_dim)?, bits(&q_apart, q_dim)?);
+            let (cf, ca) = (
+                bits(&cache_fused, cache_elems)?,
+                bits(&cache_apart, cache_elems)?,
+            );
+            // The slot's K and V rows must have been written (poison is 0xffff, a NaN).
+            let plane = block_size * kv_dim;
+            let k_base = ((slot as usize / block_size) * num_layers + layer) * 2 * plane
+                + (slot as usize % block_size) * kv_dim;
+            let unwritten = qf.iter().filter(|&&b| b == 0xffff).count()
+                + (0..kv_dim)
+                    .filter(|&j| cf[k_base + j] == 0xffff || cf[k_base + plane + j] == 0xffff)
+                    .count();
+            let differing = qf.iter().zip(&qa).filter(|(a, b)| a != b).count()
+                + cf.iter().zip(&ca).filter(|(a, b)| a != b).count();
+            report.add(
+                "gemv qkv+rope = apart",
+                format!(
+                    "1x{inn} -> {nh}+2x{nkv} heads{}{}: differing+unwritten",
+                    if with_bias { " bias" } else { "" },
+                    if pdl { " pdl" } else { "" }
+                ),
+                (differing + unwritten) as f64,
+                0.0,
+            );
+        }
+    }
+    k.set_programmatic_launch(initial);
+    Ok(())
+}
+
+/// The split-K gate/up + SwiGLU kernel of one-row steps against float64 (g and u rounded to
+/// the 16-bit type first, as the kernel does) and against the unfused path it replaces
+/// (split-K gate/up projection into the 16-bit type, then `swiglu`): bit for bit where both
+/// cut the rows into the same slices, within rounding where the fused kernel has to use
+/// fewer (hidden above 8192). Outputs poisoned, PDL off and on.
+fn check_gate_up_swiglu(
+    gpu: &Arc<Gpu>,
+    k: &Kernels,
+    rng: &mut ChaCha8Rng,
+    report: &mut Report,
+) -> Res<()> {
+    // (hidden, intermediate): 8B, the wide check model, 1B, SmolLM2 shapes with odd feature
+    // counts; 8192 (4 warps per row); 20000 (capped splits, several rounds per warp); 8.
+    let cases = [
+        (4096usize, 3001usize),
+        (2560, 1729),
+        (2048, 1024),
+        (576, 1537),
+        (8192, 517),
+        (20000, 37),
+        (8, 5),
+    ];
+    let initial = k.programmatic_launch();
+    let pdl_modes: &[bool] = if k.supports_programmatic_launch() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for (inn, inter) in cases {
+        let x = randn(rng, inn, 1.0);
+        let w = randn(rng, 2 * inter * inn, 0.05);
+        let (dx, dw) = (upload_half(gpu, &x)?, upload_half(gpu, &w)?);
+        let dot = |row: usize| -> f64 {
+            (0..inn)
+                .map(|i| bf16(x[i]) as f64 * bf16(w[row * inn + i]) as f64)
+                .sum()
+        };
+        let reference: Vec<f64> = (0..inter)
+            .map(|o| {
+                let g = bf16(dot(o) as f32) as f64;
+                let u = bf16(dot(inter + o) as f32) as f64;
+                g / (1.0 + (-g).exp()) * u
+            })
+            .collect();
+        let same_slices = gemv::gate_up_swiglu_splits(inn) == gemv::split_k_splits(inn);
+        for &pdl in pdl_modes {
+            k.set_programmatic_launch(pdl);
+            let fused = poisoned(gpu, inter * 2)?;
+            k.gemv_gate_up_swiglu(fused.ptr(), dx.ptr(), dw.ptr(), inn, inter)
+                .ok_or("the gate/up + SwiGLU kernel refused the shape")??;
+            let gate_up = poisoned(gpu, 2 * inter * 2)?;
+            let apart = poisoned(gpu, inter * 2)?;
+            k.skinny_gemm_with(
+                GemvVariant::SplitK,
+                gate_up.ptr(),
+                false,
+                dx.ptr(),
+                dw.ptr(),
+                1,
+                inn,
+                2 * inter,
+                false,
+            )
+            .ok_or("the one-row GEMV refused the shape")??;
+            k.launch(
+                &k.swiglu,
+                (inter.div_ceil(256) as u32, 1, 1),
+                256,
+                &[
+                    Arg::Ptr(gate_up.ptr()),
+                    Arg::Ptr(apart.ptr()),
+                    Arg::I32(inter as i32),
+                    Arg::U64(inter as u64),
+                ],
+            )?;
+            let (got, unfused) = (read_half(&fused, inter)?, read_half(&apart, inter)?);
+            let shape = format!("1x{inn} -> 2x{inter}{}", if pdl { " pdl" } else { "" });
+            report.add(
+                "gemv gate_up+swiglu",
+                shape.clone(),
+                rel_err(&got, &reference),
+                8e-3,
+            );
+            if same_slices {
+                let differing = got
+                    .iter()
+                    .zip(&unfused)
+                    .filter(|(a, b)| !a.is_finite() || a.to_bits() != b.to_bits())
+                    .count();
+                report.add(
+                    "gemv gate_up+swiglu = apart",
+                    format!("{shape}: differing"),
+                    differing as f64,
+                    0.0,
+                );
+            } else {
+                report.add(
+                    "gemv gate_up+swiglu ~ apart",
+                    shape,
+                    rel_err(&got, &unfused),
+                    1e-2,
+                );
+            }
+        }
+    }
+    k.set_programmatic_launch(initial);
+    Ok(())
+}
+
+/// Every one-row GEMV variant against the float64 reference: odd output counts, inner sizes
+/// of every model here (576, 2048, 4096, 14336) plus one past split-K's single round (20000,
+/// with a partial last chunk), f32 and 16-bit outputs, accumulate; PDL off and on.
+fn check_gemv_variants(
+    gpu: &Arc<Gpu>,
+    k: &Kernels,
+    rng: &mut ChaCha8Rng,
+    report: &mut Report,
+) -> Res<()> {
+    let cases = [
+        (4096usize, 6147usize, OutType::F32, false),
+        (4096, 4095, OutType::F32, true),
+        (14336, 1001, OutType::F32, true),
+        (2048, 3075, OutType::Half, false),
+        (576, 999, OutType::F32, false),
+        (576, 37, OutType::Half, false),
+        (20000, 129, OutType::F32, true),
+        (8, 5, OutType::F32, false),
+    ];
+    let initial = k.programmatic_launch();
+    let pdl_modes: &[bool] = if k.supports_programmatic_launch() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for (inn, outd, out_type, accumulate) in cases {
+        let x = randn(rng, inn, 1.0);
+        let w = randn(rng, outd * inn, 0.02);
+        let y0 = randn(rng, outd, 1.0);
+        let (dx, dw) = (upload_half(gpu, &x)?, upload_half(gpu, &w)?);
+        let reference: Vec<f64> = (0..outd)
+            .map(|o| {
+                let dot: f64 = (0..inn)
+                    .map(|i| bf16(x[i]) as f64 * bf16(w[o * inn + i]) as f64)
+                    .sum();
+                dot + if accumulate { y0[o] as f64 } else { 0.0 }
+            })
+            .collect();
+        let elem = if out_type == OutType::F32 { 4 } else { 2 };
+        for variant in GemvVariant::ALL {
+            for &pdl in pdl_modes {
+                k.set_programmatic_launch(pdl);
+                // Poisoned even when accumulating: the initial values are written over it.
+                let dy = poisoned(gpu, outd * elem)?;
+                if accumulate {
+                    dy.write(&y0)?;
+                }
+                k.skinny_gemm_with(
+                    variant,
+                    dy.ptr(),
+                    out_type == OutType::F32,
+                    dx.ptr(),
+                    dw.ptr(),
+                    1,
+                    inn,
+                    outd,
+                    accumulate,
+                )
+                .ok_or("the one-row GEMV refused the shape")??;
+                let got = if out_type == OutType::F32 {
+                    read_f32(&dy, outd)?
+                } else {
+                    read_half(&dy, outd)?
+                };
+                report.add(
+                    &format!("gemv {variant}"),
+                    format!(
+                        "1x{inn}->{outd} {out_type:?}{}{}",
+                        if accumulate { " +=" } else { "" },
+                        if pdl { " pdl" } else { "" }
+                    ),
+                    rel_err(&got, &reference),
+                    if out_type == OutType::F32 { 1e-4 } else { 8e-3 },
+                );
+            }
+        }
+    }
+    k.set_programmatic_launch(initial);
+    Ok(())
+}
+
+/// [`check_gemv_model`] on a random model wide enough for every variant to differ from the
+/// baseline in its order of work (the small model's rows are 1–2 chunks long, so split-K uses
+/// one warp per row there): hidden 2560 (split-K 2 warps per row), intermediate 6912 (4 warps,
+/// partial last chunk), vocabulary 1001 (an odd output count).
+fn check_gemv_wide_model(seed: u64, dtype: CudaDtype, report: &mut Report) -> Res<()> {
+    let config = ModelConfig {
+        vocab_size: 1001,
+        hidden_size: 2560,
+        intermediate_size: 6912,
+        num_layers: 2,
+        num_heads: 20,
+        num_kv_heads: 4,
+        head_dim: 128,
+        attention_bias: false,
+        ..small_config()
+    };
+    let opts = CudaOptions {
+        gpu_memory_utilization: 0.05,
+        max_num_seqs: 16,
+        max_batch_tokens: 1024,
+        dtype,
+        cuda_graphs: false,
+        ..Default::default()
+    };
+    let mut cuda = CudaBackend::with_random_weights(config, seed, opts)?;
+    let name = match dtype {
+        CudaDtype::Bf16 => "wide-random",
+        CudaDtype::F16 => "wide-random f16",
+    };
+    check_gemv_model(&mut cuda, name, report)
+}
+
+/// Decode with every one-row GEMV variant against the baseline kernel on the same model:
+/// prefill, then teacher-forced one-row steps (logits poisoned before each), with the norms
+/// fused and apart (apart, every projection goes through the variant); graph replays must
+/// equal the same padded steps launched eagerly bit for bit (as in `check_graphs`).
+fn check_gemv_model(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> Res<()> {
+    let initial = cuda.gemv_variant();
+    let vocab = cuda.config().vocab_size as u32;
+    let prompt: Vec<u32> = (0..21).map(|i| (i * 17 + 5) % vocab).collect();
+    let steps = 20;
+    let table: Vec<u32> = (0..(prompt.len() + steps).div_ceil(cuda.kv_layout().block_size) as u32)
+        .map(|b| b + 40)
+        .collect();
+    let tokens: Vec<[u32; 1]> = (0..steps)
+        .map(|i| [((i * 31 + 7) as u32) % vocab])
+        .collect();
+    let run = |cuda: &mut CudaBackend, mode: GraphMode| -> Res<Vec<Vec<f32>>> {
+        cuda.set_graph_mode(GraphMode::Off);
+        cuda.forward(&[SeqStep {
+            tokens: &prompt,
+            start_pos: 0,
+            block_table: &table,
+            want_logits: true,
+        }])?;
+        cuda.set_graph_mode(mode);
+        let mut all = Vec::new();
+        for (i, token) in tokens.iter().enumerate() {
+            cuda.poison_logits()?;
+            let logits = cuda.forward(&[SeqStep {
+                tokens: token,
+                start_pos: prompt.len() + i,
+                block_table: &table,
+                want_logits: true,
+            }])?;
+            all.push(logits.data);
+        }
+        cuda.set_graph_mode(GraphMode::Off);
+        Ok(all)
+    };
+    let worst = |a: &[Vec<f32>], b: &[Vec<f32>]| -> f64 {
+        if a.len() != b.len() {
+            return f64::NAN;
+        }
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| logits_err(x, y))
+            .fold(0.0, |m, e| if e.is_nan() { f64::NAN } else { m.max(e) })
+    };
+    let differing = |a: &[Vec<f32>], b: &[Vec<f32>]| -> usize {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| {
+                x.iter()
+                    .zip(y)
+                    .filter(|(p, q)| !p.is_finite() || p.to_bits() != q.to_bits())
+                    .count()
+            })
+            .sum::<usize>()
+            + a.len().abs_diff(b.len())
+    };
+    for fuse in [false, true] {
+        cuda.set_fuse_one_row_norms(fuse);
+        cuda.set_gemv_variant(GemvVariant::Baseline);
+        let baseline = run(cuda, GraphMode::Off)?;
+        let norms = if fuse { "norms fused" } else { "norms apart" };
+        for variant in GemvVariant::ALL {
+            cuda.set_gemv_variant(variant);
+            let eager = run(cuda, GraphMode::Off)?;
+            let padded = run(cuda, GraphMode::PaddedEager)?;
+            let before = cuda.graph_stats();
+            let graphs = run(cuda, GraphMode::On)?;
+            let after = cuda.graph_stats();
+            let (replays, failed) = (
+                after.replayed - before.replayed,
+                after.failed - before.failed,
+            );
+            if variant == GemvVariant::SplitK && !fuse {
+                // With the norms apart the split-K step folds SwiGLU into gate/up and rope +
+                // K/V write into QKV (the default); the same steps with the separate kernels
+                // (each fusion off alone, then both) must agree bit for bit.
+                for (what, swiglu, rope) in [
+                    ("swiglu", false, true),
+                    ("rope", true, false),
+                    ("swiglu+rope", false, false),
+                ] {
+                    cuda.set_fuse_one_row_swiglu(swiglu);
+                    cuda.set_fuse_one_row_rope(rope);
+                    let unfused = run(cuda, GraphMode::Off)?;
+                    report.add(
+                        &format!("{name} gemv split_k {what} fused = apart"),
+                        format!("{steps} decode steps, {norms}: differing"),
+                        differing(&eager, &unfused) as f64,
+                        0.0,
+                    );
+                }
+                cuda.set_fuse_one_row_swiglu(true);
+                cuda.set_fuse_one_row_rope(true);
+            }
+            if variant != GemvVariant::Baseline {
+                report.add(
+                    &format!("{name} gemv {variant} vs baseline"),
+                    format!("{steps} decode steps, {norms}"),
+                    worst(&eager, &baseline),
+                    // As batched vs alone: the kernels add the same products in another order.
+                    1e-2,
+                );
+            }
+            report.add(
+                &format!("{name} gemv {variant} graphs = padded eager"),
+                format!("{steps} steps, {norms}, {replays} replays: differing"),
+                // A failed capture runs eagerly and would pass trivially: counted as a failure.
+                if failed == 0 && replays + 4 >= steps {
+                    differing(&graphs, &padded) as f64
+                } else {
+                    f64::NAN
+                },
+                0.0,
+            );
+        }
+    }
+    cuda.set_fuse_one_row_norms(true);
+    cuda.set_gemv_variant(initial);
     Ok(())
 }
 
@@ -853,6 +1337,8 @@ fn check_model(
         1e-6,
     );
     check_graphs(&mut cuda, name, report)?;
+    check_programmatic_launch(&mut cuda, name, report)?;
+    check_gemv_model(&mut cuda, name, report)?;
     // KV export/import: copy sequence 0's blocks to fresh ids, decode from the copy.
     let mut bytes = Vec::new();
     let src = &tables[0][..(prompts[0].len() + 1).div_ceil(bs)];
@@ -1004,6 +1490,162 @@ fn check_graphs(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> Res<
     Ok(())
 }
 
+/// One launch mode's results: logits of the prefill and every decode step, and the greedy
+/// tokens of every decode step.
+type ModeRun = (Vec<Vec<f32>>, Vec<Vec<u32>>);
+
+/// Logits from programmatic dependent launch against the same steps launched the ordinary way:
+/// must be bit-identical, eager and from graphs, for the prefill and 24 decode steps crossing
+/// block boundaries, with one-row norms fused and apart (the 8B path keeps them apart), and
+/// the on-device argmax under PDL must pick the host's argmax of the same logits.
+fn check_programmatic_launch(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> Res<()> {
+    if !cuda.kernels().supports_programmatic_launch() {
+        println!("    {name}: no programmatic dependent launch on this device (sm_90+): skipped");
+        return Ok(());
+    }
+    let initial = cuda.programmatic_launch();
+    let vocab = cuda.config().vocab_size as u32;
+    let blocks_per_seq = 8u32;
+    let steps = 24;
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .fold(0, |b, (j, &v)| if v > row[b] { j } else { b }) as u32
+    };
+    // Bits that differ between two logits runs; an unwritten (poisoned, NaN) or non-finite
+    // value counts as a difference even when both runs left it so.
+    let differing = |a: &[f32], b: &[f32]| -> usize {
+        if a.len() != b.len() {
+            return a.len().max(b.len());
+        }
+        a.iter()
+            .zip(b)
+            .filter(|(x, y)| !x.is_finite() || x.to_bits() != y.to_bits())
+            .count()
+    };
+    for (n, fuse) in [(1usize, true), (1, false), (3, true), (8, true)] {
+        let tables: Vec<Vec<u32>> = (0..n as u32)
+            .map(|s| (s * blocks_per_seq..(s + 1) * blocks_per_seq).collect())
+            .collect();
+        let prompts: Vec<Vec<u32>> = (0..n)
+            .map(|s| {
+                (0..13 + 5 * s)
+                    .map(|i| ((i * 29 + s * 11 + 3) as u32) % vocab)
+                    .collect()
+            })
+            .collect();
+        // Teacher-forced tokens, so every mode runs exactly the same steps.
+        let tokens: Vec<Vec<[u32; 1]>> = (0..steps)
+            .map(|step| {
+                (0..n)
+                    .map(|s| [((step * 13 + s * 7 + 1) as u32) % vocab])
+                    .collect()
+            })
+            .collect();
+        cuda.set_fuse_one_row_norms(fuse);
+        let mut runs: Vec<ModeRun> = Vec::new();
+        let modes = [
+            (false, GraphMode::Off),
+            (true, GraphMode::Off),
+            (false, GraphMode::On),
+            (true, GraphMode::On),
+        ];
+        let mut failed_captures = 0;
+        let mut replays = 0;
+        for &(pdl, mode) in &modes {
+            cuda.set_programmatic_launch(pdl);
+            cuda.set_graph_mode(GraphMode::Off);
+            let prefill: Vec<SeqStep> = prompts
+                .iter()
+                .zip(&tables)
+                .map(|(p, t)| SeqStep {
+                    tokens: p,
+                    start_pos: 0,
+                    block_table: t,
+                    want_logits: true,
+                })
+                .collect();
+            cuda.poison_logits()?;
+            let mut logits = vec![cuda.forward(&prefill)?.data];
+            let mut greedy = Vec::new();
+            cuda.set_graph_mode(mode);
+            let before = cuda.graph_stats();
+            for (step, next) in tokens.iter().enumerate() {
+                let batch: Vec<SeqStep> = (0..n)
+                    .map(|s| SeqStep {
+                        tokens: &next[s],
+                        start_pos: prompts[s].len() + step,
+                        block_table: &tables[s],
+                        want_logits: true,
+                    })
+                    .collect();
+                cuda.poison_logits()?;
+                logits.push(cuda.forward(&batch)?.data);
+                greedy.push(cuda.forward_greedy(&batch)?);
+            }
+            let after = cuda.graph_stats();
+            if pdl && mode == GraphMode::On {
+                failed_captures = after.failed - before.failed;
+                replays = after.replayed - before.replayed;
+            }
+            cuda.set_graph_mode(GraphMode::Off);
+            runs.push((logits, greedy));
+        }
+        let shape = format!(
+            "batch {n}{}, prefill + {steps} steps",
+            if n == 1 && !fuse { ", norms apart" } else { "" }
+        );
+        for (label, off, on) in [("eager", 0, 1), ("graphs", 2, 3)] {
+            let diff: usize = runs[off]
+                .0
+                .iter()
+                .zip(&runs[on].0)
+                .map(|(a, b)| differing(a, b))
+                .sum();
+            report.add(
+                &format!("{name} pdl on = off ({label})"),
+                format!("{shape}: differing logits"),
+                diff as f64,
+                0.0,
+            );
+        }
+        // Greedy tokens under PDL: the argmax kernel reads the logits the step just wrote.
+        let vocab = vocab as usize;
+        let mut wrong = 0usize;
+        for (pdl_run, label) in [(1, "eager"), (3, "graphs")] {
+            let (logits, greedy) = &runs[pdl_run];
+            for (step_logits, step_tokens) in logits[1..].iter().zip(greedy) {
+                for (s, &token) in step_tokens.iter().enumerate() {
+                    let row = &step_logits[s * vocab..(s + 1) * vocab];
+                    if token != argmax(row) {
+                        wrong += 1;
+                        println!("    {name} {label} pdl: device argmax {token} != host");
+                    }
+                }
+            }
+        }
+        report.add(
+            &format!("{name} pdl greedy = host argmax"),
+            format!("{shape}: mismatches"),
+            wrong as f64,
+            0.0,
+        );
+        report.add(
+            &format!("{name} pdl graph replays"),
+            format!("{shape}: {replays} replayed, {failed_captures} failed captures"),
+            if failed_captures == 0 && replays + 8 >= steps {
+                0.0
+            } else {
+                1.0
+            },
+            0.0,
+        );
+    }
+    cuda.set_fuse_one_row_norms(true);
+    cuda.set_programmatic_launch(initial);
+    Ok(())
+}
+
 fn truncate(input: &Path, output: &Path, layers: usize) -> Res<()> {
     use stator_gpu::loader::{GgufBuilder, GgufFile, MetaValue};
     let file = GgufFile::open(input)?;
@@ -1132,6 +1774,13 @@ fn main() -> Res<()> {
         ) {
             println!("small-model check failed: {e}");
             report.add("small-random model", format!("error: {e}"), f64::NAN, 0.0);
+        }
+    }
+
+    for dtype in &dtypes {
+        if let Err(e) = check_gemv_wide_model(seed, *dtype, &mut report) {
+            println!("wide-model GEMV check failed: {e}");
+            report.add("wide-random model", format!("error: {e}"), f64::NAN, 0.0);
         }
     }
 

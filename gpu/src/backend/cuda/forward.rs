@@ -3,6 +3,7 @@
 //! straight into the residual (cuBLAS beta = 1), which is the "add" of each residual block.
 
 use super::gemm::OutType;
+use super::gemv::{GemvVariant, QkvRope};
 use super::graphs::{DecodeGraphs, DecodeKey, GraphMode, Next};
 use super::kernels::{Arg, DECODE_THREADS, DECODE_TILE, NULL, PREFILL_THREADS};
 use super::plan::{validate, Limits};
@@ -178,7 +179,7 @@ impl CudaBackend {
         let fuse_norms = rows == 1 && self.fuse_norms && self.opts.skinny_gemm_max_rows >= 1;
         for (li, layer) in self.weights.layers.iter().enumerate() {
             let li = li as i32;
-            if fuse_norms && k.fused_norm_fits(h, layer.qkv.ptr()) {
+            let rope_done = if fuse_norms && k.fused_norm_fits(h, layer.qkv.ptr()) {
                 k.skinny_norm_gemm(
                     s.qkv.ptr(),
                     true,
@@ -190,38 +191,67 @@ impl CudaBackend {
                     false,
                     c.rms_norm_eps,
                 )?;
+                false
             } else {
                 rms_norm(rows, NULL, layer.attn_norm.ptr(), s.normed.ptr())?;
-                self.linear(
-                    s.qkv.ptr(),
-                    OutType::F32,
-                    s.normed.ptr(),
-                    layer.qkv.ptr(),
-                    rows,
-                    h,
-                    qkv_w,
-                    false,
+                let rope = QkvRope {
+                    bias: layer.qkv_bias.as_ref().map_or(0, |b| b.ptr()),
+                    positions: meta + (p.positions_at * 4) as u64,
+                    slots: meta + (p.slots_at * 4) as u64,
+                    inv_freq: s.inv_freq.ptr(),
+                    q_out: s.q.ptr(),
+                    cache: self.cache.ptr(),
+                    inn: h,
+                    layer: li as usize,
+                    num_layers: c.num_layers,
+                    num_heads: c.num_heads,
+                    num_kv_heads: c.num_kv_heads,
+                    block_size: self.opts.block_size,
+                };
+                let fused = (self.one_row_split_k(rows) && self.opts.fuse_one_row_rope)
+                    .then(|| k.gemv_qkv_rope(&rope, s.normed.ptr(), layer.qkv.ptr()))
+                    .flatten();
+                match fused {
+                    Some(done) => {
+                        done?;
+                        true
+                    }
+                    None => {
+                        self.linear(
+                            s.qkv.ptr(),
+                            OutType::F32,
+                            s.normed.ptr(),
+                            layer.qkv.ptr(),
+                            rows,
+                            h,
+                            qkv_w,
+                            false,
+                        )?;
+                        false
+                    }
+                }
+            };
+            if !rope_done {
+                k.launch(
+                    &k.rope_kv_write,
+                    (rows as u32, 1, 1),
+                    256,
+                    &[
+                        Arg::Ptr(s.qkv.ptr()),
+                        layer.qkv_bias.as_ref().map_or(NULL, |b| Arg::Ptr(b.ptr())),
+                        m(p.positions_at),
+                        m(p.slots_at),
+                        Arg::Ptr(s.inv_freq.ptr()),
+                        Arg::Ptr(s.q.ptr()),
+                        cache,
+                        Arg::I32(li),
+                        Arg::I32(layers),
+                        Arg::I32(c.num_heads as i32),
+                        Arg::I32(c.num_kv_heads as i32),
+                        Arg::I32(block_size),
+                    ],
                 )?;
             }
-            k.launch(
-                &k.rope_kv_write,
-                (rows as u32, 1, 1),
-                256,
-                &[
-                    Arg::Ptr(s.qkv.ptr()),
-                    layer.qkv_bias.as_ref().map_or(NULL, |b| Arg::Ptr(b.ptr())),
-                    m(p.positions_at),
-                    m(p.slots_at),
-                    Arg::Ptr(s.inv_freq.ptr()),
-                    Arg::Ptr(s.q.ptr()),
-                    cache,
-                    Arg::I32(li),
-                    Arg::I32(layers),
-                    Arg::I32(c.num_heads as i32),
-                    Arg::I32(c.num_kv_heads as i32),
-                    Arg::I32(block_size),
-                ],
-            )?;
             if p.decode_entries > 0 {
                 k.launch(
                     &k.decode_attention,
@@ -311,28 +341,7 @@ impl CudaBackend {
                 )?;
             } else {
                 rms_norm(rows, NULL, layer.ffn_norm.ptr(), s.normed.ptr())?;
-                self.linear(
-                    s.gate_up.ptr(),
-                    OutType::Half,
-                    s.normed.ptr(),
-                    layer.gate_up.ptr(),
-                    rows,
-                    h,
-                    2 * inter,
-                    false,
-                )?;
-                let total = rows * inter;
-                k.launch(
-                    &k.swiglu,
-                    (total.div_ceil(256).min(16384) as u32, 1, 1),
-                    256,
-                    &[
-                        Arg::Ptr(s.gate_up.ptr()),
-                        Arg::Ptr(s.act.ptr()),
-                        Arg::I32(inter as i32),
-                        Arg::U64(total as u64),
-                    ],
-                )?;
+                self.gate_up_swiglu(rows, layer.gate_up.ptr())?;
             }
             self.linear(
                 s.hidden.ptr(),
@@ -364,6 +373,51 @@ impl CudaBackend {
             )?;
         }
         Ok(())
+    }
+
+    /// Whether this step's projections go through the one-row split-K GEMV (the condition of
+    /// its fused gate/up + SwiGLU and QKV + rope kernels).
+    fn one_row_split_k(&self, rows: usize) -> bool {
+        rows == 1
+            && self.opts.skinny_gemm_max_rows >= 1
+            && self.kernels.gemv_variant() == GemvVariant::SplitK
+    }
+
+    /// `act = SwiGLU(normed · gate_upᵀ)` for `rows` rows: one split-K kernel for a one-row
+    /// step served by the split-K GEMV, else the projection into `gate_up` and the `swiglu`
+    /// kernel.
+    fn gate_up_swiglu(&self, rows: usize, gate_up: u64) -> Result<(), BackendError> {
+        let (s, k) = (&self.scratch, &self.kernels);
+        let (h, inter) = (self.config.hidden_size, self.config.intermediate_size);
+        if self.one_row_split_k(rows) && self.opts.fuse_one_row_swiglu {
+            if let Some(done) =
+                k.gemv_gate_up_swiglu(s.act.ptr(), s.normed.ptr(), gate_up, h, inter)
+            {
+                return done;
+            }
+        }
+        self.linear(
+            s.gate_up.ptr(),
+            OutType::Half,
+            s.normed.ptr(),
+            gate_up,
+            rows,
+            h,
+            2 * inter,
+            false,
+        )?;
+        let total = rows * inter;
+        k.launch(
+            &k.swiglu,
+            (total.div_ceil(256).min(16384) as u32, 1, 1),
+            256,
+            &[
+                Arg::Ptr(s.gate_up.ptr()),
+                Arg::Ptr(s.act.ptr()),
+                Arg::I32(inter as i32),
+                Arg::U64(total as u64),
+            ],
+        )
     }
 }
 

@@ -6,18 +6,23 @@
 
 use std::ffi::c_void;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use cudarc::driver::sys::{CUdeviceptr, CUfunction_attribute};
+use cudarc::driver::sys::{
+    CUdeviceptr, CUfunction_attribute, CUlaunchAttribute, CUlaunchAttributeID,
+    CUlaunchAttributeValue, CUlaunchConfig,
+};
 use cudarc::driver::{CudaFunction, CudaModule};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use sha2::{Digest, Sha256};
 
 use super::device::{driver_err, Gpu};
+use super::gemv::GemvVariant;
 use super::CudaDtype;
 use crate::backend::BackendError;
 
-const SOURCES: [(&str, &str); 5] = [
+const SOURCES: [(&str, &str); 6] = [
     ("common.cuh", include_str!("kernels/common.cuh")),
     ("elementwise.cu", include_str!("kernels/elementwise.cu")),
     (
@@ -29,6 +34,7 @@ const SOURCES: [(&str, &str); 5] = [
         include_str!("kernels/prefill_attention.cu"),
     ),
     ("skinny_gemm.cu", include_str!("kernels/skinny_gemm.cu")),
+    ("gemv.cu", include_str!("kernels/gemv.cu")),
 ];
 
 /// Decode attention: positions per shared-memory tile and threads per CTA (kernel constants).
@@ -66,10 +72,18 @@ impl Arg {
 /// A null device pointer, for optional kernel inputs.
 pub const NULL: Arg = Arg::Ptr(0);
 
+/// Oldest compute capability with programmatic dependent launch (`griddepcontrol`).
+pub const PDL_MIN_COMPUTE_CAPABILITY: (i32, i32) = (9, 0);
+
 /// Every kernel of one compiled module.
 pub struct Kernels {
     gpu: Arc<Gpu>,
     _module: Arc<CudaModule>,
+    /// Launch with programmatic stream serialization (see `common.cuh` for the rules every
+    /// kernel follows so that this never changes results).
+    programmatic: AtomicBool,
+    /// Which kernel serves one-row projections ([`GemvVariant::to_index`]).
+    gemv_variant: AtomicU8,
     pub embed_lookup: CudaFunction,
     pub rms_norm: CudaFunction,
     pub swiglu: CudaFunction,
@@ -84,6 +98,14 @@ pub struct Kernels {
     pub skinny_gemm: [CudaFunction; 4],
     pub skinny_norm_gemm_1: CudaFunction,
     pub skinny_norm_gate_up_swiglu_1: CudaFunction,
+    /// One-row GEMV alternatives (kernels/gemv.cu, see [`GemvVariant`]).
+    pub gemv_split_k: CudaFunction,
+    pub gemv_rows2: CudaFunction,
+    pub gemv_persistent: CudaFunction,
+    /// Split-K gate/up projection with SwiGLU folded in (one-row steps without fused norms).
+    pub gemv_gate_up_swiglu_split_k: CudaFunction,
+    /// Split-K QKV projection with rope and the K/V cache write folded in (same steps).
+    pub gemv_qkv_rope_split_k: CudaFunction,
     pub head_dim: usize,
     pub group: usize,
 }
@@ -165,10 +187,49 @@ impl Kernels {
             ],
             skinny_norm_gemm_1: f("skinny_norm_gemm_1")?,
             skinny_norm_gate_up_swiglu_1: f("skinny_norm_gate_up_swiglu_1")?,
+            gemv_split_k: f("gemv_split_k")?,
+            gemv_rows2: f("gemv_rows2")?,
+            gemv_persistent: f("gemv_persistent")?,
+            gemv_gate_up_swiglu_split_k: f("gemv_gate_up_swiglu_split_k")?,
+            gemv_qkv_rope_split_k: f("gemv_qkv_rope_split_k")?,
+            gemv_variant: AtomicU8::new(GemvVariant::default().to_index()),
             _module: module,
+            programmatic: AtomicBool::new(false),
             head_dim,
             group,
         })
+    }
+
+    /// Whether this device can launch kernels programmatically dependent on their predecessor.
+    pub fn supports_programmatic_launch(&self) -> bool {
+        self.gpu.compute_capability >= PDL_MIN_COMPUTE_CAPABILITY
+    }
+
+    /// Launches from now on with programmatic dependent launch (on) or the ordinary way (off);
+    /// ignored (stays off) on devices older than sm_90. Returns whether it is on.
+    pub fn set_programmatic_launch(&self, on: bool) -> bool {
+        let on = on && self.supports_programmatic_launch();
+        self.programmatic.store(on, Ordering::Relaxed);
+        on
+    }
+
+    pub fn programmatic_launch(&self) -> bool {
+        self.programmatic.load(Ordering::Relaxed)
+    }
+
+    /// Serves one-row projections with `variant` from now on.
+    pub fn set_gemv_variant(&self, variant: GemvVariant) {
+        self.gemv_variant
+            .store(variant.to_index(), Ordering::Relaxed);
+    }
+
+    pub fn gemv_variant(&self) -> GemvVariant {
+        GemvVariant::from_index(self.gemv_variant.load(Ordering::Relaxed))
+    }
+
+    /// Streaming multiprocessors of the device (sizes persistent grids).
+    pub fn num_sms(&self) -> i32 {
+        self.gpu.num_sms
     }
 
     /// Launches `f` on the backend's stream.
@@ -193,6 +254,9 @@ impl Kernels {
             .iter_mut()
             .map(|s| s as *mut u64 as *mut c_void)
             .collect();
+        if self.programmatic_launch() {
+            return self.launch_programmatic(f, grid, block, &mut params);
+        }
         // SAFETY: each parameter points at an 8-byte slot holding a value of the kernel's
         // parameter type; the driver copies them before returning. Pointer arguments are live
         // device allocations sized by the callers in this module.
@@ -209,12 +273,84 @@ impl Kernels {
         .map_err(driver_err("kernel launch"))
     }
 
+    /// `cuLaunchKernelEx` with programmatic stream serialization: the kernel may start once
+    /// every CTA of the previous kernel on the stream has run `griddepcontrol.launch_dependents`,
+    /// and orders itself after it with `griddepcontrol.wait`. Recorded as a programmatic edge
+    /// when the stream is being captured into a graph.
+    fn launch_programmatic(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<(), BackendError> {
+        let mut value = CUlaunchAttributeValue { pad: [0; 64] };
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attribute = CUlaunchAttribute {
+            id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        let config = CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            hStream: self.gpu.stream(),
+            attrs: &mut attribute,
+            numAttrs: 1,
+        };
+        // SAFETY: as in `launch`; `config` and the attribute it points at outlive the call,
+        // which copies them.
+        unsafe {
+            cudarc::driver::sys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(driver_err("programmatic kernel launch"))
+    }
+
     /// `y[rows, out] (+)= x[rows, inn] · w[out, inn]ᵀ` for at most 8 rows by streaming the
-    /// weights once (decode steps). `None` when the shape does not suit it (caller falls back
-    /// to cuBLAS).
+    /// weights once (decode steps); one row goes to the kernel of [`Self::gemv_variant`].
+    /// `None` when the shape does not suit it (caller falls back to cuBLAS).
     #[allow(clippy::too_many_arguments)]
     pub fn skinny_gemm(
         &self,
+        y: CUdeviceptr,
+        y_f32: bool,
+        x: CUdeviceptr,
+        w: CUdeviceptr,
+        rows: usize,
+        inn: usize,
+        out: usize,
+        accumulate: bool,
+    ) -> Option<Result<(), BackendError>> {
+        self.skinny_gemm_with(
+            self.gemv_variant(),
+            y,
+            y_f32,
+            x,
+            w,
+            rows,
+            inn,
+            out,
+            accumulate,
+        )
+    }
+
+    /// [`Self::skinny_gemm`] with an explicit one-row kernel (checks and benchmarks compare
+    /// them); `gemv` is ignored for more than one row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn skinny_gemm_with(
+        &self,
+        gemv: GemvVariant,
         y: CUdeviceptr,
         y_f32: bool,
         x: CUdeviceptr,
@@ -233,6 +369,9 @@ impl Kernels {
             || out > i32::MAX as usize
         {
             return None;
+        }
+        if rows == 1 {
+            return Some(self.launch_gemv_one_row(gemv, y, y_f32, x, w, inn, out, accumulate));
         }
         Some(self.launch(
             &self.skinny_gemm[variant],

@@ -8,6 +8,7 @@
 pub mod device;
 mod forward;
 pub mod gemm;
+pub mod gemv;
 pub mod graphs;
 pub mod kernels;
 pub mod kv_cache;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 pub use device::{cuda_available, DeviceBuffer, Gpu};
 use gemm::Blas;
+pub use gemv::GemvVariant;
 use graphs::DecodeGraphs;
 pub use graphs::{GraphMode, GraphStats};
 use kernels::Kernels;
@@ -74,6 +76,25 @@ pub struct CudaOptions {
     /// Decode steps replay CUDA graphs captured per (batch bucket, table width). Default on;
     /// `STATOR_CUDA_GRAPHS=0` in the environment turns it off.
     pub cuda_graphs: bool,
+    /// Kernels launch with programmatic dependent launch (sm_90+): each may start while the
+    /// previous one finishes, so the skinny GEMM streams its first weights during the previous
+    /// kernel's tail. Results are unchanged (checked bit for bit). Default on; ignored on
+    /// devices older than sm_90; `STATOR_CUDA_PDL=0` in the environment turns it off.
+    pub programmatic_launch: bool,
+    /// The kernel of one-row projections (decode batch 1) while the skinny GEMM serves them;
+    /// the fused-norm one-row kernels are not affected. Default from `STATOR_GEMV_VARIANT`
+    /// (`baseline`, `split_k`, `rows2`, `persistent`), else `split_k`.
+    pub gemv_variant: GemvVariant,
+    /// One-row steps whose gate/up projection is not served by a fused-norm kernel (hidden
+    /// size above [`FUSED_NORMS_MAX_HIDDEN`], or norms apart) fold SwiGLU into it when the
+    /// one-row kernel is `split_k`: one launch and the `[2 inter]` round trip fewer per layer,
+    /// bit-identical for hidden sizes up to 8192. Default on;
+    /// [`CudaBackend::set_fuse_one_row_swiglu`] overrides.
+    pub fuse_one_row_swiglu: bool,
+    /// Likewise for the QKV projection: rope and the K/V cache write (`rope_kv_write`) are
+    /// folded into the split-K QKV kernel, bit-identical. Default on;
+    /// [`CudaBackend::set_fuse_one_row_rope`] overrides.
+    pub fuse_one_row_rope: bool,
 }
 
 impl Default for CudaOptions {
@@ -88,6 +109,10 @@ impl Default for CudaOptions {
             skinny_gemm_max_rows: 1,
             fuse_one_row_norms: true,
             cuda_graphs: std::env::var("STATOR_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            programmatic_launch: std::env::var("STATOR_CUDA_PDL").map_or(true, |v| v != "0"),
+            gemv_variant: GemvVariant::from_env(),
+            fuse_one_row_swiglu: true,
+            fuse_one_row_rope: true,
         }
     }
 }
@@ -255,6 +280,14 @@ impl CudaBackend {
             "CUDA backend ready"
         );
         let fuse_norms = opts.fuse_one_row_norms && config.hidden_size <= FUSED_NORMS_MAX_HIDDEN;
+        let programmatic = kernels.set_programmatic_launch(opts.programmatic_launch);
+        kernels.set_gemv_variant(opts.gemv_variant);
+        tracing::info!(
+            programmatic_launch = programmatic,
+            requested = opts.programmatic_launch,
+            gemv_variant = %opts.gemv_variant,
+            "CUDA kernel launch mode"
+        );
         let graph_mode = if opts.cuda_graphs {
             GraphMode::On
         } else {
@@ -353,6 +386,45 @@ impl CudaBackend {
     pub fn set_fuse_one_row_norms(&mut self, fuse: bool) {
         self.fuse_norms = fuse;
         self.graphs.clear();
+    }
+
+    /// Launches kernels with programmatic dependent launch (on) or the ordinary way (off);
+    /// stays off on devices older than sm_90. Returns whether it is on. Captured graphs hold
+    /// the old launch mode, so they are dropped.
+    pub fn set_programmatic_launch(&mut self, on: bool) -> bool {
+        self.graphs.clear();
+        self.kernels.set_programmatic_launch(on)
+    }
+
+    /// Serves one-row projections with `variant` from now on (checks and benchmarks compare
+    /// them). Captured graphs hold the old kernel, so they are dropped.
+    pub fn set_gemv_variant(&mut self, variant: GemvVariant) {
+        self.opts.gemv_variant = variant;
+        self.graphs.clear();
+        self.kernels.set_gemv_variant(variant);
+    }
+
+    pub fn gemv_variant(&self) -> GemvVariant {
+        self.kernels.gemv_variant()
+    }
+
+    /// Turns the split-K gate/up + SwiGLU kernel of one-row steps on or off (checks and
+    /// benchmarks compare both). Captured graphs hold the old choice, so they are dropped.
+    pub fn set_fuse_one_row_swiglu(&mut self, fuse: bool) {
+        self.opts.fuse_one_row_swiglu = fuse;
+        self.graphs.clear();
+    }
+
+    /// Turns the split-K QKV + rope + K/V write kernel of one-row steps on or off (checks and
+    /// benchmarks compare both). Captured graphs hold the old choice, so they are dropped.
+    pub fn set_fuse_one_row_rope(&mut self, fuse: bool) {
+        self.opts.fuse_one_row_rope = fuse;
+        self.graphs.clear();
+    }
+
+    /// Whether kernels launch with programmatic dependent launch now.
+    pub fn programmatic_launch(&self) -> bool {
+        self.kernels.programmatic_launch()
     }
 
     /// How decode steps run from now on (checks and benchmarks compare the modes); captured

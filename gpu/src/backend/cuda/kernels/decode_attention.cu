@@ -22,10 +22,12 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_attention(
 
     const int kvh = blockIdx.x, e = blockIdx.y, split = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    pdl_launch_dependents();
     const int ctx = ctx_lens[e];
     const int start = split * split_len;
     const size_t part_base = ((size_t)e * num_heads + (size_t)kvh * GQA_GROUP) * num_splits + split;
     if (start >= ctx) {
+        pdl_wait();
         // An empty split still reports itself so the merge can skip it.
         if (tid < GQA_GROUP) {
             part_ml[(part_base + (size_t)tid * num_splits) * 2] = NEG_INF;
@@ -37,6 +39,15 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_attention(
     const int row = rows[e];
     const int q_dim = num_heads * HEAD_DIM;
     const int* table = block_tables + (size_t)seq_ids[e] * max_blocks;
+
+    // Only the newest position (ctx - 1) is written by this step (by the previous kernel:
+    // rope_kv_write, or the one-row QKV + rope kernel); the older rows of the first tile load
+    // while that kernel finishes.
+    const int first_n = min(DEC_TILE, end - start);
+    const int early_rows = max(0, min(DEC_TILE, ctx - 1 - start));
+    load_kv_rows<DEC_THREADS, true>(k_s, v_s, cache, table, start, first_n, 0, early_rows, kvh, layer, num_layers,
+                                    num_kv_heads, block_size);
+    pdl_wait();
 
     for (int i = tid; i < GQA_GROUP * HEAD_DIM; i += DEC_THREADS) {
         const int g = i / HEAD_DIM, d = i % HEAD_DIM;
@@ -52,7 +63,8 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_attention(
     for (int t0 = start; t0 < end; t0 += DEC_TILE) {
         const int n = min(DEC_TILE, end - t0);
         __syncthreads();
-        load_kv_tile<DEC_TILE, DEC_THREADS>(k_s, v_s, cache, table, t0, n, kvh, layer, num_layers, num_kv_heads, block_size);
+        load_kv_rows<DEC_THREADS>(k_s, v_s, cache, table, t0, n, t0 == start ? early_rows : 0, DEC_TILE, kvh, layer,
+                                  num_layers, num_kv_heads, block_size);
         __syncthreads();
         for (int i = tid; i < GQA_GROUP * DEC_TILE; i += DEC_THREADS) {
             const int g = i / DEC_TILE, tt = i % DEC_TILE;
@@ -129,6 +141,8 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_attention(
 extern "C" __global__ void decode_attention_reduce(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
                                                    const int* __restrict__ rows, u16* __restrict__ out, int num_heads,
                                                    int num_splits) {
+    pdl_launch_dependents();
+    pdl_wait();
     const int e = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
     const size_t base = ((size_t)e * num_heads + head) * num_splits;
     float m = NEG_INF;

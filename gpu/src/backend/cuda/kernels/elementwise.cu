@@ -3,6 +3,8 @@
 // hidden[t, :] = embed[tokens[t], :] as f32.
 extern "C" __global__ void embed_lookup(const u32* __restrict__ tokens, const u16* __restrict__ embed,
                                         float* __restrict__ hidden, int hidden_size) {
+    pdl_launch_dependents();
+    pdl_wait();
     const size_t t = blockIdx.x;
     const u16* src = embed + (size_t)tokens[t] * hidden_size;
     for (int i = threadIdx.x; i < hidden_size; i += blockDim.x) hidden[t * hidden_size + i] = to_f(src[i]);
@@ -12,6 +14,8 @@ extern "C" __global__ void embed_lookup(const u32* __restrict__ tokens, const u1
 // happens earlier, inside the projection GEMMs (beta = 1 into the f32 residual stream).
 extern "C" __global__ void rms_norm(const float* __restrict__ x, const int* __restrict__ rows,
                                     const float* __restrict__ weight, u16* __restrict__ out, int width, float eps) {
+    pdl_launch_dependents();
+    pdl_wait();
     const size_t r = blockIdx.x;
     const size_t src = rows ? (size_t)rows[r] : r;
     const float* row = x + src * width;
@@ -24,6 +28,8 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const int* __re
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, inter + i].
 extern "C" __global__ void swiglu(const u16* __restrict__ gate_up, u16* __restrict__ out, int inter, long long total) {
+    pdl_launch_dependents();
+    pdl_wait();
     for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += (long long)gridDim.x * blockDim.x) {
         const long long t = idx / inter, j = idx % inter;
@@ -35,18 +41,30 @@ extern "C" __global__ void swiglu(const u16* __restrict__ gate_up, u16* __restri
 
 // For token t (one block): adds the optional QKV bias, rotates Q and K ("rotate_half" pairs
 // i, i + head_dim/2; angles in f64 like the CPU reference), writes Q to q_out and K/V into the
-// token's cache slot (slot = block_id * block_size + offset).
+// token's cache slot (slot = block_id * block_size + offset). The angles depend only on the
+// position (step metadata) and the rope table, so they are computed once per frequency into
+// shared memory before waiting for the projection that produced qkv.
 extern "C" __global__ void rope_kv_write(const float* __restrict__ qkv, const float* __restrict__ bias,
                                          const int* __restrict__ positions, const int* __restrict__ slots,
                                          const double* __restrict__ inv_freq, u16* __restrict__ q_out,
                                          u16* __restrict__ cache, int layer, int num_layers, int num_heads,
                                          int num_kv_heads, int block_size) {
     const int half = HEAD_DIM / 2;
+    __shared__ float cos_s[HEAD_DIM / 2], sin_s[HEAD_DIM / 2];
     const size_t t = blockIdx.x;
+    pdl_launch_dependents();
+    const double pos = (double)positions[t];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        double sd, cd;
+        sincos(pos * inv_freq[i], &sd, &cd);
+        cos_s[i] = (float)cd;
+        sin_s[i] = (float)sd;
+    }
+    __syncthreads();
+    pdl_wait();
     const int q_dim = num_heads * HEAD_DIM, kv_dim = num_kv_heads * HEAD_DIM;
     const int width = q_dim + 2 * kv_dim;
     const float* row = qkv + t * width;
-    const double pos = (double)positions[t];
     const int slot = slots[t];
     const size_t plane = (size_t)block_size * kv_dim;
     const size_t k_base = kv_plane_offset(slot / block_size, layer, num_layers, plane) + (size_t)(slot % block_size) * kv_dim;
@@ -56,9 +74,7 @@ extern "C" __global__ void rope_kv_write(const float* __restrict__ qkv, const fl
         const int ia = head * HEAD_DIM + i, ib = ia + half;
         float a = row[ia], b = row[ib];
         if (bias) { a += bias[ia]; b += bias[ib]; }
-        double sd, cd;
-        sincos(pos * inv_freq[i], &sd, &cd);
-        const float c = (float)cd, s = (float)sd;
+        const float c = cos_s[i], s = sin_s[i];
         const float ra = a * c - b * s, rb = b * c + a * s;
         if (head < num_heads) {
             q_out[t * q_dim + ia] = from_f(ra);
@@ -80,6 +96,8 @@ extern "C" __global__ void rope_kv_write(const float* __restrict__ qkv, const fl
 extern "C" __global__ void argmax_rows(const float* __restrict__ logits, u32* __restrict__ out, int vocab) {
     __shared__ float best_v[32];
     __shared__ int best_i[32];
+    pdl_launch_dependents();
+    pdl_wait();
     const float* row = logits + (size_t)blockIdx.x * vocab;
     float v = NEG_INF;
     int idx = 0x7fffffff;
@@ -118,6 +136,8 @@ __device__ __forceinline__ u64 splitmix64(u64 x) {
 // Deterministic N(0, std) fill keyed by (seed, stream, element pair): random weights built on
 // the device, so large models need no host copy.
 extern "C" __global__ void fill_normal(u16* __restrict__ out, long long n, u64 seed, u64 stream, float std_dev) {
+    pdl_launch_dependents();
+    pdl_wait();
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         const u64 h = splitmix64(seed ^ splitmix64(stream * 0x632BE59BD9B4E019ull + (u64)(i >> 1)));
         const double u1 = 1.0 - (double)(h >> 40) * (1.0 / 16777216.0);
@@ -130,6 +150,8 @@ extern "C" __global__ void fill_normal(u16* __restrict__ out, long long n, u64 s
 }
 
 extern "C" __global__ void fill_f32(float* __restrict__ out, long long n, float value) {
+    pdl_launch_dependents();
+    pdl_wait();
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
         out[i] = value;
 }

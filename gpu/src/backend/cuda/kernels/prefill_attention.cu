@@ -23,6 +23,8 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS, 3) prefill_attention(
     int num_heads, int num_kv_heads, int block_size, float scale_log2) {
     __shared__ __align__(16) u16 k_s[PF_K][HDP];
     __shared__ __align__(16) u16 v_s[PF_K][HDP];
+    pdl_launch_dependents();
+    pdl_wait();
 
     const int head = blockIdx.y, kvh = head / GQA_GROUP;
     // Tiles run last-first: later query tiles see more of the causal triangle, and starting

@@ -13,6 +13,13 @@ __device__ __forceinline__ uint4 load_stream(const u16* p) {
     return v;
 }
 
+// Asks L2 for the first `n` elements of a weight row, one 128-byte line per lane (a warp
+// covers 32 lines: 2048 16-bit values); does not wait for them.
+__device__ __forceinline__ void prefetch_row_l2(const u16* row, int n, int lane) {
+    for (int e = lane * 64; e < n && e < 32 * 64; e += 32 * 64)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(row + e));
+}
+
 __device__ __forceinline__ float dot8(uint4 a, uint4 b) {
     return lo_f(a.x) * lo_f(b.x) + hi_f(a.x) * hi_f(b.x) + lo_f(a.y) * lo_f(b.y) + hi_f(a.y) * hi_f(b.y) +
            lo_f(a.z) * lo_f(b.z) + hi_f(a.z) * hi_f(b.z) + lo_f(a.w) * lo_f(b.w) + hi_f(a.w) * hi_f(b.w);
@@ -23,12 +30,22 @@ __device__ __forceinline__ void skinny_gemm_impl(const u16* __restrict__ w, cons
                                                  int inn, int out, int out_f32, int accumulate) {
     const int o = blockIdx.x * SKINNY_WARPS + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
-    if (o >= out) return;
+    pdl_launch_dependents();
+    if (o >= out) {
+        pdl_wait();
+        return;
+    }
     const u16* wrow = w + (size_t)o * inn;
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     int i = lane * 8;
+    // The weights do not depend on the previous kernel: under programmatic launch each warp
+    // pulls the first U chunks of its row into L2 while that kernel finishes, which hides
+    // this kernel's ramp-up behind its tail. Into L2, not registers: holding the loads across
+    // the wait would cost registers and CTAs per SM.
+    prefetch_row_l2(wrow, min(inn, U * 256), lane);
+    pdl_wait();
     // U weight loads in flight per lane before any use.
     for (; i + (U - 1) * 256 < inn; i += U * 256) {
         uint4 wv[U];
@@ -101,6 +118,7 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
     __shared__ __align__(16) u16 x_s[NORM_MAX_INNER];
     const int o = blockIdx.x * SKINNY_WARPS + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
+    pdl_launch_dependents();
     const bool active = o < out;
     const u16* wrow = w + (size_t)(active ? o : 0) * inn;
     int i = lane * 8;
@@ -111,6 +129,7 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
         for (int u = 0; u < U; ++u) wv[u] = load_stream(wrow + i + u * 256);
         loaded = true;
     }
+    pdl_wait();
     norm_row_to_shared(hidden, norm_weight, x_s, inn, eps);
     if (!active) return;
     float acc = 0.0f;
@@ -147,6 +166,7 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
     __shared__ __align__(16) u16 x_s[NORM_MAX_INNER];
     const int o = blockIdx.x * SKINNY_WARPS + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
+    pdl_launch_dependents();
     const bool active = o < inter;
     const u16* grow = w + (size_t)(active ? o : 0) * inn;
     const u16* urow = w + ((size_t)inter + (active ? o : 0)) * inn;
@@ -161,6 +181,7 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
         }
         loaded = true;
     }
+    pdl_wait();
     norm_row_to_shared(hidden, norm_weight, x_s, inn, eps);
     if (!active) return;
     float g = 0.0f, up = 0.0f;
