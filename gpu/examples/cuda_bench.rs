@@ -357,10 +357,12 @@ fn gemv_variant_decode(
     Ok(())
 }
 
-/// The b1 decode step from graphs (PDL as the backend has it) at contexts 512 and 2048, with
-/// the baseline GEMV, and with split-K with its one-row fusions off, SwiGLU folded into gate/up
-/// only, and SwiGLU and rope + K/V write folded (the default): the split-K configurations are
-/// timed twice, interleaved, so drift shows as a difference between rounds.
+/// The b1 decode step from graphs (PDL as the backend has it) at contexts 512, 1024 and 2048,
+/// with the baseline GEMV, and with split-K: one-row fusions off or SwiGLU and rope + K/V write
+/// folded at every context, the decode-attention merge in its own kernel or in the attention
+/// kernel, and the backend's defaults (folds only up to `one_row_fold_max_splits` attention
+/// splits). The split-K configurations are timed twice, interleaved, so drift shows as a
+/// difference between rounds.
 #[allow(clippy::too_many_arguments)]
 fn one_row_fusion_ab(
     backend: &mut CudaBackend,
@@ -376,13 +378,52 @@ fn one_row_fusion_ab(
     let pdl = backend.programmatic_launch();
     let stream_gpu = backend.gpu().clone();
     let reps = if quick { 5 } else { 20 };
+    // (label, GEMV, SwiGLU fold, rope fold, attention merge in kernel, most splits with folds).
+    let d = CudaOptions::default();
     let configs = [
-        ("baseline", GemvVariant::Baseline, false, false),
-        ("split_k apart", GemvVariant::SplitK, false, false),
-        ("split_k +swiglu", GemvVariant::SplitK, true, false),
-        ("split_k +swiglu+rope", GemvVariant::SplitK, true, true),
+        (
+            "baseline",
+            GemvVariant::Baseline,
+            false,
+            false,
+            false,
+            usize::MAX,
+        ),
+        (
+            "split_k apart",
+            GemvVariant::SplitK,
+            false,
+            false,
+            false,
+            usize::MAX,
+        ),
+        (
+            "apart +merge",
+            GemvVariant::SplitK,
+            false,
+            false,
+            true,
+            usize::MAX,
+        ),
+        ("folds", GemvVariant::SplitK, true, true, false, usize::MAX),
+        (
+            "folds +merge",
+            GemvVariant::SplitK,
+            true,
+            true,
+            true,
+            usize::MAX,
+        ),
+        (
+            "default",
+            GemvVariant::SplitK,
+            d.fuse_one_row_swiglu,
+            d.fuse_one_row_rope,
+            d.fuse_attention_merge,
+            d.one_row_fold_max_splits,
+        ),
     ];
-    for ctx in [512usize, 2048] {
+    for ctx in [512usize, 1024, 2048] {
         let (tables, tokens) = decode_inputs(1, ctx, backend.kv_layout().block_size);
         let steps = [SeqStep {
             tokens: &tokens[0],
@@ -392,9 +433,9 @@ fn one_row_fusion_ab(
         }];
         let floor_ms = decode_bytes(config, backend, 1, ctx) / (copy_gbps * 1e9) * 1e3;
         // rounds[r][i]: round r of configuration i.
-        let mut rounds = [[f64::NAN; 4]; 2];
+        let mut rounds = [[f64::NAN; 6]; 2];
         for (round, slots) in rounds.iter_mut().enumerate() {
-            for (i, &(_, variant, swiglu, rope)) in configs.iter().enumerate() {
+            for (i, &(_, variant, swiglu, rope, merge, max_splits)) in configs.iter().enumerate() {
                 if round == 1 && i == 0 {
                     continue;
                 }
@@ -402,6 +443,8 @@ fn one_row_fusion_ab(
                 backend.set_gemv_variant(variant);
                 backend.set_fuse_one_row_swiglu(swiglu);
                 backend.set_fuse_one_row_rope(rope);
+                backend.set_fuse_attention_merge(merge);
+                backend.set_one_row_fold_max_splits(max_splits);
                 backend.set_graph_mode(GraphMode::On);
                 let timed = timer.median_ms(&stream_gpu, 3, reps, || {
                     Ok(backend.forward_on_device(&steps)?)
@@ -410,21 +453,23 @@ fn one_row_fusion_ab(
                 slots[i] = timed?;
             }
         }
-        for (i, &(label, variant, swiglu, rope)) in configs.iter().enumerate() {
+        for (i, &(label, variant, swiglu, rope, merge, max_splits)) in configs.iter().enumerate() {
             let (first, second) = (rounds[0][i], rounds[1][i]);
             let best = if second.is_nan() {
                 first
             } else {
                 first.min(second)
             };
-            println!("  decode b1 ctx{ctx} {label:<14} {first:8.3} / {second:8.3} ms graph  {:.1}% of roofline", floor_ms / best * 100.0);
-            table.push(format!("{name:<14} decode b1   ctx{ctx:<5} {label:<14} {first:9.3} / {second:9.3} ms graph (rounds 1/2)  {:5.1}% of HBM roofline (PDL {})", floor_ms / best * 100.0, if pdl { "on" } else { "off" }));
-            results.push(json!({"model": name, "kind": "decode_one_row_fusion_ab", "config": label, "variant": variant.name(), "swiglu_fused": swiglu, "rope_fused": rope, "batch": 1, "context": ctx, "programmatic_launch": pdl, "graph_step_ms_rounds": [first, second], "roofline_ms": floor_ms, "graph_roofline_fraction": floor_ms / best}));
+            println!("  decode b1 ctx{ctx} {label:<18} {first:8.3} / {second:8.3} ms graph  {:.1}% of roofline", floor_ms / best * 100.0);
+            table.push(format!("{name:<14} decode b1   ctx{ctx:<5} {label:<18} {first:9.3} / {second:9.3} ms graph (rounds 1/2)  {:5.1}% of HBM roofline (PDL {})", floor_ms / best * 100.0, if pdl { "on" } else { "off" }));
+            results.push(json!({"model": name, "kind": "decode_one_row_fusion_ab", "config": label, "variant": variant.name(), "swiglu_fused": swiglu, "rope_fused": rope, "attention_merge_in_kernel": merge, "one_row_fold_max_splits": if max_splits == usize::MAX { None } else { Some(max_splits) }, "batch": 1, "context": ctx, "programmatic_launch": pdl, "graph_step_ms_rounds": [first, second], "roofline_ms": floor_ms, "graph_roofline_fraction": floor_ms / best}));
         }
     }
     backend.set_gemv_variant(initial);
     backend.set_fuse_one_row_swiglu(CudaOptions::default().fuse_one_row_swiglu);
     backend.set_fuse_one_row_rope(CudaOptions::default().fuse_one_row_rope);
+    backend.set_fuse_attention_merge(CudaOptions::default().fuse_attention_merge);
+    backend.set_one_row_fold_max_splits(d.one_row_fold_max_splits);
     Ok(())
 }
 

@@ -668,7 +668,8 @@ fn check_gemv_wide_model(seed: u64, dtype: CudaDtype, report: &mut Report) -> Re
         CudaDtype::Bf16 => "wide-random",
         CudaDtype::F16 => "wide-random f16",
     };
-    check_gemv_model(&mut cuda, name, report)
+    check_gemv_model(&mut cuda, name, report)?;
+    check_attention_merge(&mut cuda, name, report)
 }
 
 /// Decode with every one-row GEMV variant against the baseline kernel on the same model:
@@ -980,100 +981,142 @@ fn check_rope_and_attention(gpu: &Arc<Gpu>, rng: &mut ChaCha8Rng, report: &mut R
             plan.decode_entries.max(1) * nh * max_splits * 2 * 4,
             "partials",
         )?;
-        // Decode with one split and with 64-token splits; prefill over every multi-token step.
-        for split_len in [usize::MAX, 64] {
-            let out = poisoned(gpu, rows * q_dim * 2)?;
-            let max_ctx = plan.max_decode_ctx.max(1);
-            let split_len = split_len.min(max_ctx.div_ceil(64) * 64);
-            let splits = max_ctx.div_ceil(split_len);
-            if splits > max_splits {
-                continue;
-            }
-            if plan.decode_entries > 0 {
-                k.launch(
-                    &k.decode_attention,
-                    (nkv as u32, plan.decode_entries as u32, splits as u32),
-                    DECODE_THREADS,
-                    &[
-                        Arg::Ptr(q_out.ptr()),
-                        Arg::Ptr(out.ptr()),
-                        Arg::Ptr(part_acc.ptr()),
-                        Arg::Ptr(part_ml.ptr()),
-                        m(plan.dec_rows_at),
-                        m(plan.dec_ctx_at),
-                        m(plan.dec_seq_at),
-                        m(plan.tables_at),
-                        Arg::I32(plan.max_blocks as i32),
-                        Arg::Ptr(cache.ptr()),
-                        Arg::I32(layer as i32),
-                        Arg::I32(num_layers as i32),
-                        Arg::I32(nh as i32),
-                        Arg::I32(nkv as i32),
-                        Arg::I32(bs as i32),
-                        Arg::F32(1.0 / (hd as f32).sqrt()),
-                        Arg::I32(split_len as i32),
-                        Arg::I32(splits as i32),
-                    ],
-                )?;
-                if splits > 1 {
+        let counts = upload_i32(gpu, &vec![0; plan.decode_entries.max(1) * nkv])?;
+        // Output of the split decode merged by the reduce kernel, for the in-kernel merge.
+        let mut reduced: Option<Vec<f64>> = None;
+        // Decode with one split and with 64-token splits, the splits merged by the reduce kernel,
+        // then in the kernel (launched twice: the second finds the counters reset); prefill
+        // over every multi-token step.
+        for (split_len, merge_in_kernel) in [(usize::MAX, false), (64, false), (64, true)] {
+            for launch in 0..if merge_in_kernel { 2 } else { 1 } {
+                let out = poisoned(gpu, rows * q_dim * 2)?;
+                let max_ctx = plan.max_decode_ctx.max(1);
+                let split_len = split_len.min(max_ctx.div_ceil(64) * 64);
+                let splits = max_ctx.div_ceil(split_len);
+                if splits > max_splits {
+                    continue;
+                }
+                if plan.decode_entries > 0 {
                     k.launch(
-                        &k.decode_attention_reduce,
-                        (plan.decode_entries as u32, nh as u32, 1),
-                        hd as u32,
+                        &k.decode_attention,
+                        (nkv as u32, plan.decode_entries as u32, splits as u32),
+                        DECODE_THREADS,
                         &[
+                            Arg::Ptr(q_out.ptr()),
+                            Arg::Ptr(out.ptr()),
                             Arg::Ptr(part_acc.ptr()),
                             Arg::Ptr(part_ml.ptr()),
                             m(plan.dec_rows_at),
-                            Arg::Ptr(out.ptr()),
+                            m(plan.dec_ctx_at),
+                            m(plan.dec_seq_at),
+                            m(plan.tables_at),
+                            Arg::I32(plan.max_blocks as i32),
+                            Arg::Ptr(cache.ptr()),
+                            Arg::I32(layer as i32),
+                            Arg::I32(num_layers as i32),
                             Arg::I32(nh as i32),
+                            Arg::I32(nkv as i32),
+                            Arg::I32(bs as i32),
+                            Arg::F32(1.0 / (hd as f32).sqrt()),
+                            Arg::I32(split_len as i32),
                             Arg::I32(splits as i32),
+                            if merge_in_kernel {
+                                Arg::Ptr(counts.ptr())
+                            } else {
+                                NULL
+                            },
+                        ],
+                    )?;
+                    if splits > 1 && !merge_in_kernel {
+                        k.launch(
+                            &k.decode_attention_reduce,
+                            (plan.decode_entries as u32, nh as u32, 1),
+                            hd as u32,
+                            &[
+                                Arg::Ptr(part_acc.ptr()),
+                                Arg::Ptr(part_ml.ptr()),
+                                m(plan.dec_rows_at),
+                                Arg::Ptr(out.ptr()),
+                                Arg::I32(nh as i32),
+                                Arg::I32(splits as i32),
+                            ],
+                        )?;
+                    }
+                }
+                if plan.prefill_tiles > 0 {
+                    k.launch(
+                        &k.prefill_attention,
+                        (plan.prefill_tiles as u32, nh as u32, 1),
+                        PREFILL_THREADS,
+                        &[
+                            Arg::Ptr(q_out.ptr()),
+                            Arg::Ptr(out.ptr()),
+                            m(plan.tiles_at),
+                            m(plan.tables_at),
+                            Arg::I32(plan.max_blocks as i32),
+                            Arg::Ptr(cache.ptr()),
+                            Arg::I32(layer as i32),
+                            Arg::I32(num_layers as i32),
+                            Arg::I32(nh as i32),
+                            Arg::I32(nkv as i32),
+                            Arg::I32(bs as i32),
+                            Arg::F32(std::f32::consts::LOG2_E / (hd as f32).sqrt()),
                         ],
                     )?;
                 }
-            }
-            if plan.prefill_tiles > 0 {
-                k.launch(
-                    &k.prefill_attention,
-                    (plan.prefill_tiles as u32, nh as u32, 1),
-                    PREFILL_THREADS,
-                    &[
-                        Arg::Ptr(q_out.ptr()),
-                        Arg::Ptr(out.ptr()),
-                        m(plan.tiles_at),
-                        m(plan.tables_at),
-                        Arg::I32(plan.max_blocks as i32),
-                        Arg::Ptr(cache.ptr()),
-                        Arg::I32(layer as i32),
-                        Arg::I32(num_layers as i32),
-                        Arg::I32(nh as i32),
-                        Arg::I32(nkv as i32),
-                        Arg::I32(bs as i32),
-                        Arg::F32(std::f32::consts::LOG2_E / (hd as f32).sqrt()),
-                    ],
-                )?;
-            }
-            let got = read_half(&out, rows * q_dim)?;
-            let pick = |v: &[f64], decode: bool| -> Vec<f64> {
-                (0..rows)
-                    .filter(|r| decode_rows.contains(r) == decode)
-                    .flat_map(|r| v[r * q_dim..(r + 1) * q_dim].to_vec())
-                    .collect()
-            };
-            if plan.decode_entries > 0 {
-                report.add(
-                    "decode_attention",
-                    format!("{shape} splits{splits}"),
-                    rel_err(&pick(&got, true), &pick(&reference, true)),
-                    1e-2,
-                );
-            }
-            if plan.prefill_tiles > 0 && split_len != 64 {
-                report.add(
-                    "prefill_attention (mma)",
-                    format!("{shape} tiles{}", plan.prefill_tiles),
-                    rel_err(&pick(&got, false), &pick(&reference, false)),
-                    1.5e-2,
-                );
+                let got = read_half(&out, rows * q_dim)?;
+                let pick = |v: &[f64], decode: bool| -> Vec<f64> {
+                    (0..rows)
+                        .filter(|r| decode_rows.contains(r) == decode)
+                        .flat_map(|r| v[r * q_dim..(r + 1) * q_dim].to_vec())
+                        .collect()
+                };
+                if plan.decode_entries > 0 {
+                    let merged = if merge_in_kernel {
+                        " merged in kernel"
+                    } else {
+                        ""
+                    };
+                    let decoded = pick(&got, true);
+                    report.add(
+                        &format!("decode_attention{merged}"),
+                        format!("{shape} splits{splits} launch{launch}"),
+                        rel_err(&decoded, &pick(&reference, true)),
+                        1e-2,
+                    );
+                    if split_len == 64 && !merge_in_kernel {
+                        reduced = Some(decoded);
+                    } else if merge_in_kernel {
+                        let differing = reduced.as_ref().map_or(decoded.len(), |r| {
+                            r.iter()
+                                .zip(&decoded)
+                                .filter(|(a, b)| !b.is_finite() || a.to_bits() != b.to_bits())
+                                .count()
+                        });
+                        report.add(
+                            "decode_attention merged in kernel = reduce kernel",
+                            format!("{shape} splits{splits} launch{launch}: differing"),
+                            differing as f64,
+                            0.0,
+                        );
+                        let mut left = vec![0i32; plan.decode_entries.max(1) * nkv];
+                        counts.read(&mut left)?;
+                        report.add(
+                            "decode_attention split counters reset",
+                            format!("{shape} splits{splits} launch{launch}: non-zero"),
+                            left.iter().filter(|&&c| c != 0).count() as f64,
+                            0.0,
+                        );
+                    }
+                }
+                if plan.prefill_tiles > 0 && split_len != 64 {
+                    report.add(
+                        "prefill_attention (mma)",
+                        format!("{shape} tiles{}", plan.prefill_tiles),
+                        rel_err(&pick(&got, false), &pick(&reference, false)),
+                        1.5e-2,
+                    );
+                }
             }
         }
         let (regs, local) = k.resources(&k.prefill_attention)?;
@@ -1339,6 +1382,7 @@ fn check_model(
     check_graphs(&mut cuda, name, report)?;
     check_programmatic_launch(&mut cuda, name, report)?;
     check_gemv_model(&mut cuda, name, report)?;
+    check_attention_merge(&mut cuda, name, report)?;
     // KV export/import: copy sequence 0's blocks to fresh ids, decode from the copy.
     let mut bytes = Vec::new();
     let src = &tables[0][..(prompts[0].len() + 1).div_ceil(bs)];
@@ -1498,6 +1542,125 @@ type ModeRun = (Vec<Vec<f32>>, Vec<Vec<u32>>);
 /// must be bit-identical, eager and from graphs, for the prefill and 24 decode steps crossing
 /// block boundaries, with one-row norms fused and apart (the 8B path keeps them apart), and
 /// the on-device argmax under PDL must pick the host's argmax of the same logits.
+/// Decode attention split over contexts of 200+ tokens (several splits, the shorter sequences
+/// of a batch leaving some splits empty), merged in the kernel against the separate reduce
+/// kernel: eager with PDL on and off against eager, graphs with PDL on and off against padded
+/// eager (padding changes the split count), logits bit for bit. Graph replays reuse the split
+/// counters, so a counter left non-zero would merge too early and show here.
+fn check_attention_merge(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> Res<()> {
+    let initial_pdl = cuda.programmatic_launch();
+    let vocab = cuda.config().vocab_size as u32;
+    let bs = cuda.kv_layout().block_size;
+    let steps = 12;
+    for n in [1usize, 3] {
+        let prompts: Vec<Vec<u32>> = (0..n)
+            .map(|s| {
+                (0..200 + 61 * s)
+                    .map(|i| ((i * 23 + s * 5 + 2) as u32) % vocab)
+                    .collect()
+            })
+            .collect();
+        let per_seq = (200 + 61 * n + steps).div_ceil(bs) as u32;
+        let tables: Vec<Vec<u32>> = (0..n as u32)
+            .map(|s| (s * per_seq..(s + 1) * per_seq).collect())
+            .collect();
+        let tokens: Vec<Vec<[u32; 1]>> = (0..steps)
+            .map(|step| {
+                (0..n)
+                    .map(|s| [((step * 11 + s * 3 + 4) as u32) % vocab])
+                    .collect()
+            })
+            .collect();
+        let run = |cuda: &mut CudaBackend,
+                   merge: bool,
+                   pdl: bool,
+                   mode: GraphMode|
+         -> Res<(Vec<Vec<f32>>, usize)> {
+            cuda.set_fuse_attention_merge(merge);
+            cuda.set_programmatic_launch(pdl);
+            cuda.set_graph_mode(GraphMode::Off);
+            let prefill: Vec<SeqStep> = prompts
+                .iter()
+                .zip(&tables)
+                .map(|(p, t)| SeqStep {
+                    tokens: p,
+                    start_pos: 0,
+                    block_table: t,
+                    want_logits: true,
+                })
+                .collect();
+            cuda.forward(&prefill)?;
+            cuda.set_graph_mode(mode);
+            let before = cuda.graph_stats();
+            let mut logits = Vec::new();
+            for (step, next) in tokens.iter().enumerate() {
+                let batch: Vec<SeqStep> = (0..n)
+                    .map(|s| SeqStep {
+                        tokens: &next[s],
+                        start_pos: prompts[s].len() + step,
+                        block_table: &tables[s],
+                        want_logits: true,
+                    })
+                    .collect();
+                cuda.poison_logits()?;
+                logits.push(cuda.forward(&batch)?.data);
+            }
+            let after = cuda.graph_stats();
+            cuda.set_graph_mode(GraphMode::Off);
+            // A failed capture runs eagerly and would pass trivially: reported as no replays.
+            let replays = if after.failed > before.failed {
+                0
+            } else {
+                after.replayed - before.replayed
+            };
+            Ok((logits, replays))
+        };
+        let differing = |a: &[Vec<f32>], b: &[Vec<f32>]| -> usize {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| {
+                    x.iter()
+                        .zip(y)
+                        .filter(|(p, q)| !p.is_finite() || p.to_bits() != q.to_bits())
+                        .count()
+                        + x.len().abs_diff(y.len())
+                })
+                .sum::<usize>()
+                + a.len().abs_diff(b.len())
+        };
+        let (eager_apart, _) = run(cuda, false, true, GraphMode::Off)?;
+        let (padded_apart, _) = run(cuda, false, true, GraphMode::PaddedEager)?;
+        for (what, pdl, mode) in [
+            ("eager", true, GraphMode::Off),
+            ("eager, PDL off", false, GraphMode::Off),
+            ("padded eager", true, GraphMode::PaddedEager),
+            ("graphs", true, GraphMode::On),
+            ("graphs, PDL off", false, GraphMode::On),
+        ] {
+            let (merged, replays) = run(cuda, true, pdl, mode)?;
+            let reference = if mode == GraphMode::Off {
+                &eager_apart
+            } else {
+                &padded_apart
+            };
+            let diff = differing(&merged, reference) as f64;
+            report.add(
+                &format!("{name} attention merged in kernel = reduce kernel"),
+                format!("batch {n}, ctx 200+, {steps} steps, {what}: differing"),
+                if mode == GraphMode::On && replays + 3 < steps {
+                    f64::NAN
+                } else {
+                    diff
+                },
+                0.0,
+            );
+        }
+    }
+    cuda.set_fuse_attention_merge(CudaOptions::default().fuse_attention_merge);
+    cuda.set_programmatic_launch(initial_pdl);
+    Ok(())
+}
+
 fn check_programmatic_launch(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> Res<()> {
     if !cuda.kernels().supports_programmatic_launch() {
         println!("    {name}: no programmatic dependent launch on this device (sm_90+): skipped");

@@ -10,20 +10,18 @@ use super::plan::{validate, Limits};
 use super::{CudaBackend, MAX_DECODE_SPLITS};
 use crate::backend::{BackendError, SeqStep};
 
-/// CTAs per SM the decode split heuristic aims for.
-const DECODE_CTAS_PER_SM: usize = 4;
-
-/// Context splits for flash-decoding: enough CTAs to fill the GPU, each split a whole number
-/// of tiles. Returns (split_len, num_splits).
+/// Context splits for flash-decoding: enough CTAs to fill the GPU (`ctas_per_sm` per SM), each
+/// split a whole number of tiles. Returns (split_len, num_splits).
 pub(super) fn decode_splits(
     entries: usize,
     kv_heads: usize,
     max_ctx: usize,
     num_sms: usize,
+    ctas_per_sm: usize,
 ) -> (usize, usize) {
     let base = (entries * kv_heads).max(1);
     let tiles = max_ctx.div_ceil(DECODE_TILE).max(1);
-    let wanted = (DECODE_CTAS_PER_SM * num_sms).div_ceil(base);
+    let wanted = (ctas_per_sm.max(1) * num_sms).div_ceil(base);
     let splits = wanted.clamp(1, MAX_DECODE_SPLITS.min(tiles));
     let split_len = tiles.div_ceil(splits) * DECODE_TILE;
     (split_len, max_ctx.div_ceil(split_len).max(1))
@@ -79,6 +77,7 @@ impl CudaBackend {
             self.config.num_kv_heads,
             self.plan.max_decode_ctx,
             self.gpu.num_sms as usize,
+            self.opts.decode_ctas_per_sm,
         );
         self.encode(meta.ptr(), splits)
     }
@@ -104,6 +103,7 @@ impl CudaBackend {
             self.config.num_kv_heads,
             key.width * block_size,
             self.gpu.num_sms as usize,
+            self.opts.decode_ctas_per_sm,
         );
         let (meta, next) = self
             .graphs
@@ -208,7 +208,7 @@ impl CudaBackend {
                     num_kv_heads: c.num_kv_heads,
                     block_size: self.opts.block_size,
                 };
-                let fused = (self.one_row_split_k(rows) && self.opts.fuse_one_row_rope)
+                let fused = (self.one_row_folds(rows, num_splits) && self.opts.fuse_one_row_rope)
                     .then(|| k.gemv_qkv_rope(&rope, s.normed.ptr(), layer.qkv.ptr()))
                     .flatten();
                 match fused {
@@ -253,6 +253,7 @@ impl CudaBackend {
                 )?;
             }
             if p.decode_entries > 0 {
+                let merge_in_kernel = self.opts.fuse_attention_merge;
                 k.launch(
                     &k.decode_attention,
                     (
@@ -280,9 +281,18 @@ impl CudaBackend {
                         Arg::F32(scale),
                         Arg::I32(split_len as i32),
                         Arg::I32(num_splits as i32),
+                        if merge_in_kernel {
+                            Arg::Ptr(
+                                s.split_counts.at::<u32>(
+                                    li as usize * self.opts.max_num_seqs * c.num_kv_heads,
+                                ),
+                            )
+                        } else {
+                            NULL
+                        },
                     ],
                 )?;
-                if num_splits > 1 {
+                if num_splits > 1 && !merge_in_kernel {
                     k.launch(
                         &k.decode_attention_reduce,
                         (p.decode_entries as u32, c.num_heads as u32, 1),
@@ -341,7 +351,7 @@ impl CudaBackend {
                 )?;
             } else {
                 rms_norm(rows, NULL, layer.ffn_norm.ptr(), s.normed.ptr())?;
-                self.gate_up_swiglu(rows, layer.gate_up.ptr())?;
+                self.gate_up_swiglu(rows, num_splits, layer.gate_up.ptr())?;
             }
             self.linear(
                 s.hidden.ptr(),
@@ -383,13 +393,27 @@ impl CudaBackend {
             && self.kernels.gemv_variant() == GemvVariant::SplitK
     }
 
+    /// Whether this step may use the split-K kernels with SwiGLU or rope + K/V write folded in:
+    /// a one-row split-K step whose decode attention has at most
+    /// `CudaOptions::one_row_fold_max_splits` context splits (measured at 8B b1: the folds gain
+    /// with 8 and 16 splits, ctx512 and ctx1024, and lose with 32, ctx2048; docs/cuda-notes.md
+    /// round 6).
+    fn one_row_folds(&self, rows: usize, num_splits: usize) -> bool {
+        self.one_row_split_k(rows) && num_splits <= self.opts.one_row_fold_max_splits
+    }
+
     /// `act = SwiGLU(normed · gate_upᵀ)` for `rows` rows: one split-K kernel for a one-row
     /// step served by the split-K GEMV, else the projection into `gate_up` and the `swiglu`
     /// kernel.
-    fn gate_up_swiglu(&self, rows: usize, gate_up: u64) -> Result<(), BackendError> {
+    fn gate_up_swiglu(
+        &self,
+        rows: usize,
+        num_splits: usize,
+        gate_up: u64,
+    ) -> Result<(), BackendError> {
         let (s, k) = (&self.scratch, &self.kernels);
         let (h, inter) = (self.config.hidden_size, self.config.intermediate_size);
-        if self.one_row_split_k(rows) && self.opts.fuse_one_row_swiglu {
+        if self.one_row_folds(rows, num_splits) && self.opts.fuse_one_row_swiglu {
             if let Some(done) =
                 k.gemv_gate_up_swiglu(s.act.ptr(), s.normed.ptr(), gate_up, h, inter)
             {
@@ -428,13 +452,17 @@ mod tests {
     #[test]
     fn decode_splits_fill_the_gpu_and_cover_the_context() {
         // One sequence, 8 kv heads, 2048 tokens on 132 SMs: split into whole tiles.
-        let (len, n) = decode_splits(1, 8, 2048, 132);
+        let (len, n) = decode_splits(1, 8, 2048, 132, 4);
         assert_eq!(len % DECODE_TILE, 0);
         assert!(len * n >= 2048 && len * (n - 1) < 2048);
         assert!(n > 1);
         // A big batch needs no split.
-        assert_eq!(decode_splits(128, 8, 2048, 132).1, 1);
+        assert_eq!(decode_splits(128, 8, 2048, 132, 4).1, 1);
         // Short context: never more splits than tiles.
-        assert_eq!(decode_splits(1, 8, 10, 132), (DECODE_TILE, 1));
+        assert_eq!(decode_splits(1, 8, 10, 132, 4), (DECODE_TILE, 1));
+        // Fewer CTAs per SM: fewer, longer splits (8B b1 ctx2048: 32 splits of one tile at 4
+        // per SM, 17 wanted at 1 per SM, so 16 splits of two tiles).
+        assert_eq!(decode_splits(1, 8, 2048, 132, 4), (DECODE_TILE, 32));
+        assert_eq!(decode_splits(1, 8, 2048, 132, 1), (2 * DECODE_TILE, 16));
     }
 }

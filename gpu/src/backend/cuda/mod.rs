@@ -95,6 +95,23 @@ pub struct CudaOptions {
     /// folded into the split-K QKV kernel, bit-identical. Default on;
     /// [`CudaBackend::set_fuse_one_row_rope`] overrides.
     pub fuse_one_row_rope: bool,
+    /// Decode attention split over the context merges its partial results in the last CTA of
+    /// each (sequence, kv head) instead of a separate `decode_attention_reduce` launch: one
+    /// launch fewer per layer, bit-identical (same merge code, same order). Default off: one
+    /// CTA per kv head merging after the slowest split measured slower than the separate
+    /// kernel (8B b1: +0.2 ms at ctx512, +0.8 ms at ctx2048; docs/cuda-notes.md round 6);
+    /// [`CudaBackend::set_fuse_attention_merge`] overrides.
+    pub fuse_attention_merge: bool,
+    /// Decode attention is split over the context until the grid has about this many CTAs per
+    /// SM (at most `MAX_DECODE_SPLITS` splits, each a whole number of 64-token tiles).
+    /// Default 4; [`CudaBackend::set_decode_ctas_per_sm`] overrides.
+    pub decode_ctas_per_sm: usize,
+    /// The one-row folds (`fuse_one_row_swiglu`, `fuse_one_row_rope`) apply only to steps whose
+    /// decode attention is cut into at most this many context splits: at 8B b1 they gain
+    /// 0.04 ms at ctx512 (8 splits) and 0.01 ms at ctx1024 (16), and lose 0.06 ms at ctx2048
+    /// (32). Default 16; [`CudaBackend::set_one_row_fold_max_splits`] overrides (`usize::MAX`:
+    /// always).
+    pub one_row_fold_max_splits: usize,
 }
 
 impl Default for CudaOptions {
@@ -113,6 +130,9 @@ impl Default for CudaOptions {
             gemv_variant: GemvVariant::from_env(),
             fuse_one_row_swiglu: true,
             fuse_one_row_rope: true,
+            fuse_attention_merge: false,
+            decode_ctas_per_sm: 4,
+            one_row_fold_max_splits: 16,
         }
     }
 }
@@ -120,7 +140,8 @@ impl Default for CudaOptions {
 /// Widest hidden size for which one-row steps fuse their norms by default.
 pub const FUSED_NORMS_MAX_HIDDEN: usize = 2048;
 
-/// Most context splits of one decode sequence (sizes the partial-result buffers).
+/// Most context splits of one decode sequence (sizes the partial-result buffers; the merge
+/// kernels stage this many per head: `DEC_MAX_SPLITS` in `kernels/decode_attention.cu`).
 const MAX_DECODE_SPLITS: usize = 32;
 
 /// Activation buffers for the largest step, allocated once.
@@ -137,6 +158,9 @@ struct Scratch {
     sampled: DeviceBuffer,
     part_acc: DeviceBuffer,
     part_ml: DeviceBuffer,
+    /// One counter per (layer, sequence, kv head) for the in-kernel merge of decode attention;
+    /// zero between kernels (the merging CTA resets its counter).
+    split_counts: DeviceBuffer,
     inv_freq: DeviceBuffer,
     meta: Option<DeviceBuffer>,
 }
@@ -343,6 +367,12 @@ impl CudaBackend {
                 s * c.num_heads * MAX_DECODE_SPLITS * 2 * 4,
                 "decode partial stats",
             )?,
+            split_counts: {
+                let counts = vec![0u32; c.num_layers * s * c.num_kv_heads];
+                let buf = gpu.alloc(counts.len() * 4, "decode split counters")?;
+                buf.write(&counts)?;
+                buf
+            },
             inv_freq: inv_freq_buf,
             meta: None,
         })
@@ -419,6 +449,28 @@ impl CudaBackend {
     /// benchmarks compare both). Captured graphs hold the old choice, so they are dropped.
     pub fn set_fuse_one_row_rope(&mut self, fuse: bool) {
         self.opts.fuse_one_row_rope = fuse;
+        self.graphs.clear();
+    }
+
+    /// Turns the in-kernel merge of split decode attention on or off (checks and benchmarks
+    /// compare it with `decode_attention_reduce`). Captured graphs hold the old choice, so they
+    /// are dropped.
+    pub fn set_fuse_attention_merge(&mut self, fuse: bool) {
+        self.opts.fuse_attention_merge = fuse;
+        self.graphs.clear();
+    }
+
+    /// Changes how finely decode attention is split over the context (benchmarks compare
+    /// settings). Captured graphs hold the old split, so they are dropped.
+    pub fn set_decode_ctas_per_sm(&mut self, ctas_per_sm: usize) {
+        self.opts.decode_ctas_per_sm = ctas_per_sm.max(1);
+        self.graphs.clear();
+    }
+
+    /// Limits the one-row folds to steps with at most `max_splits` decode-attention splits
+    /// (benchmarks compare limits). Captured graphs hold the old choice, so they are dropped.
+    pub fn set_one_row_fold_max_splits(&mut self, max_splits: usize) {
+        self.opts.one_row_fold_max_splits = max_splits;
         self.graphs.clear();
     }
 

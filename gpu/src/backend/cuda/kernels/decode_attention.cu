@@ -1,7 +1,8 @@
 // Paged attention for decode (one query token per sequence), flash-decoding style: the grid is
 // (kv head, sequence, context split). One CTA serves all GQA_GROUP query heads of its kv head,
 // so each K/V row is read from memory once per group. With several splits, each CTA writes an
-// unnormalised partial (acc, max, sum) and decode_attention_reduce merges them.
+// unnormalised partial (acc, max, sum); decode_attention_reduce merges them, or, when the launch
+// passes split counters, the last CTA of each (sequence, kv head) merges them itself.
 
 #define DEC_TILE 64
 #define DEC_THREADS 128
@@ -9,11 +10,57 @@
 #define DEC_HSTRIDE (DEC_THREADS / DEC_PAIRS)
 #define DEC_HPT ((GQA_GROUP + DEC_HSTRIDE - 1) / DEC_HSTRIDE)
 
+// The merged output of one (sequence, head, dim) from its splits: decode_attention_reduce's
+// loop and expressions, in split order, so the in-kernel merge gives the same bits (checked).
+// Loads bypass L1: the partials were written by other CTAs of the same grid.
+__device__ __forceinline__ float merge_splits(const float* part_acc, const float* part_ml, size_t base, int num_splits,
+                                              int d) {
+    float m = NEG_INF;
+    for (int s = 0; s < num_splits; ++s)
+        if (__ldcg(&part_ml[(base + s) * 2 + 1]) > 0.0f) m = fmaxf(m, __ldcg(&part_ml[(base + s) * 2]));
+    float total = 0.0f, acc = 0.0f;
+    for (int s = 0; s < num_splits; ++s) {
+        const float l = __ldcg(&part_ml[(base + s) * 2 + 1]);
+        if (l > 0.0f) {
+            const float w = __expf(__ldcg(&part_ml[(base + s) * 2]) - m);
+            total += l * w;
+            acc += __ldcg(&part_acc[(base + s) * HEAD_DIM + d]) * w;
+        }
+    }
+    return acc / total;
+}
+
+// Called by every thread of a split CTA once its partials are written. The CTA that finishes
+// last for its (sequence, kv head) merges all splits of the group's heads into `out` and puts
+// the counter back to 0, so the next layer, step or graph replay starts from zero.
+__device__ __forceinline__ void merge_if_last(unsigned* __restrict__ count, const float* part_acc,
+                                              const float* part_ml, u16* __restrict__ out, int row, int e, int kvh,
+                                              int num_heads, int num_splits) {
+    __shared__ int last_s;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last_s = atomicAdd(count, 1u) == (unsigned)(num_splits - 1);
+    __syncthreads();
+    if (!last_s) return;
+    __threadfence();
+    const int q_dim = num_heads * HEAD_DIM;
+    for (int i = threadIdx.x; i < GQA_GROUP * HEAD_DIM; i += DEC_THREADS) {
+        const int head = kvh * GQA_GROUP + i / HEAD_DIM, d = i % HEAD_DIM;
+        const size_t base = ((size_t)e * num_heads + head) * num_splits;
+        out[(size_t)row * q_dim + (size_t)head * HEAD_DIM + d] =
+            from_f(merge_splits(part_acc, part_ml, base, num_splits, d));
+    }
+    if (threadIdx.x == 0) *count = 0u;
+}
+
+// split_counts: null (partials merged by decode_attention_reduce) or one zeroed counter per
+// (sequence, kv head) of this layer, indexed e * num_kv_heads + kv head.
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_attention(
     const u16* __restrict__ q, u16* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
     const int* __restrict__ rows, const int* __restrict__ ctx_lens, const int* __restrict__ seq_ids,
     const int* __restrict__ block_tables, int max_blocks, const u16* __restrict__ cache, int layer, int num_layers,
-    int num_heads, int num_kv_heads, int block_size, float scale, int split_len, int num_splits) {
+    int num_heads, int num_kv_heads, int block_size, float scale, int split_len, int num_splits,
+    unsigned* __restrict__ split_counts) {
     __shared__ float q_s[GQA_GROUP][HEAD_DIM];
     __shared__ __align__(16) u16 k_s[DEC_TILE][HDP];
     __shared__ __align__(16) u16 v_s[DEC_TILE][HDP];
@@ -33,6 +80,9 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_attention(
             part_ml[(part_base + (size_t)tid * num_splits) * 2] = NEG_INF;
             part_ml[(part_base + (size_t)tid * num_splits) * 2 + 1] = 0.0f;
         }
+        if (split_counts != nullptr && num_splits > 1)
+            merge_if_last(split_counts + (size_t)e * num_kv_heads + kvh, part_acc, part_ml, out, rows[e], e, kvh,
+                          num_heads, num_splits);
         return;
     }
     const int end = min(ctx, start + split_len);
@@ -135,6 +185,9 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_attention(
         part_ml[(part_base + (size_t)tid * num_splits) * 2] = m_s[tid];
         part_ml[(part_base + (size_t)tid * num_splits) * 2 + 1] = l_s[tid];
     }
+    if (split_counts != nullptr && num_splits > 1)
+        merge_if_last(split_counts + (size_t)e * num_kv_heads + kvh, part_acc, part_ml, out, row, e, kvh, num_heads,
+                      num_splits);
 }
 
 // Merges the splits of each (sequence, head): grid (entries, heads), HEAD_DIM threads.
