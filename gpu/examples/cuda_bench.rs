@@ -304,51 +304,94 @@ fn decode_inputs(batch: usize, ctx: usize, block_size: usize) -> (Vec<Vec<u32>>,
     (tables, tokens)
 }
 
-/// The b1 ctx512 decode step with each one-row GEMV variant, eager and from graphs, with the
-/// backend's launch mode (PDL on where available).
-#[allow(clippy::too_many_arguments)]
-fn gemv_variant_decode(
-    backend: &mut CudaBackend,
-    timer: &Timer,
-    config: &ModelConfig,
-    name: &str,
-    copy_gbps: f64,
-    quick: bool,
-    table: &mut Vec<String>,
-    results: &mut Vec<serde_json::Value>,
-) -> Res<()> {
-    let (batch, ctx) = (1usize, 512usize);
-    let (tables, tokens) = decode_inputs(batch, ctx, backend.kv_layout().block_size);
-    let steps: Vec<SeqStep> = tables
+/// The decode step of [`decode_inputs`]: each sequence feeds its token at position `ctx - 1`.
+fn decode_steps<'a>(
+    tables: &'a [Vec<u32>],
+    tokens: &'a [[u32; 1]],
+    ctx: usize,
+) -> Vec<SeqStep<'a>> {
+    tables
         .iter()
-        .zip(&tokens)
+        .zip(tokens)
         .map(|(t, tok)| SeqStep {
             tokens: tok,
             start_pos: ctx - 1,
             block_table: t,
             want_logits: true,
         })
-        .collect();
+        .collect()
+}
+
+/// Median times of `steps` launched eagerly and from graphs (the warm-up runs the key once
+/// eagerly, then captures it), and the graph replays of the timed runs.
+fn eager_and_graph_ms(
+    backend: &mut CudaBackend,
+    timer: &Timer,
+    reps: usize,
+    steps: &[SeqStep],
+) -> Res<(f64, f64, usize)> {
     let stream_gpu = backend.gpu().clone();
-    let reps = if quick { 5 } else { 20 };
+    backend.set_graph_mode(GraphMode::Off);
+    let eager = timer.median_ms(&stream_gpu, 3, reps, || {
+        Ok(backend.forward_on_device(steps)?)
+    });
+    backend.set_graph_mode(GraphMode::On);
+    let before = backend.graph_stats();
+    let graph = timer.median_ms(&stream_gpu, 3, reps, || {
+        Ok(backend.forward_on_device(steps)?)
+    });
+    let replayed = backend.graph_stats().replayed - before.replayed;
+    backend.set_graph_mode(GraphMode::Off);
+    Ok((eager?, graph?, replayed))
+}
+
+/// What the per-model benchmarks read: the model, its name in the rows, the measured copy
+/// rate their rooflines divide by, and whether to take fewer repetitions.
+struct ModelBench<'a> {
+    timer: &'a Timer,
+    config: &'a ModelConfig,
+    name: &'a str,
+    copy_gbps: f64,
+    quick: bool,
+}
+
+impl ModelBench<'_> {
+    /// Timed repetitions of one measurement.
+    fn reps(&self) -> usize {
+        if self.quick {
+            5
+        } else {
+            20
+        }
+    }
+
+    /// The time a decode step of `batch` sequences at `ctx` tokens takes to read its bytes at
+    /// the measured copy rate, in ms.
+    fn roofline_ms(&self, backend: &CudaBackend, batch: usize, ctx: usize) -> f64 {
+        decode_bytes(self.config, backend, batch, ctx) / (self.copy_gbps * 1e9) * 1e3
+    }
+}
+
+/// The b1 ctx512 decode step with each one-row GEMV variant, eager and from graphs, with the
+/// backend's launch mode (PDL on where available).
+fn gemv_variant_decode(
+    backend: &mut CudaBackend,
+    model: &ModelBench,
+    table: &mut Vec<String>,
+    results: &mut Vec<serde_json::Value>,
+) -> Res<()> {
+    let name = model.name;
+    let (batch, ctx) = (1usize, 512usize);
+    let (tables, tokens) = decode_inputs(batch, ctx, backend.kv_layout().block_size);
+    let steps = decode_steps(&tables, &tokens, ctx);
+    let reps = model.reps();
     let initial = backend.gemv_variant();
     let pdl = backend.programmatic_launch();
-    let floor_ms = decode_bytes(config, backend, batch, ctx) / (copy_gbps * 1e9) * 1e3;
+    let floor_ms = model.roofline_ms(backend, batch, ctx);
     for variant in GemvVariant::ALL {
         // Drops the graphs captured with the previous kernel; the warm-up recaptures.
         backend.set_gemv_variant(variant);
-        backend.set_graph_mode(GraphMode::Off);
-        let eager = timer.median_ms(&stream_gpu, 3, reps, || {
-            Ok(backend.forward_on_device(&steps)?)
-        });
-        backend.set_graph_mode(GraphMode::On);
-        let before = backend.graph_stats();
-        let graph = timer.median_ms(&stream_gpu, 3, reps, || {
-            Ok(backend.forward_on_device(&steps)?)
-        });
-        let replayed = backend.graph_stats().replayed - before.replayed;
-        backend.set_graph_mode(GraphMode::Off);
-        let (eager, graph) = (eager?, graph?);
+        let (eager, graph, replayed) = eager_and_graph_ms(backend, model.timer, reps, &steps)?;
         println!("  decode b{batch} ctx{ctx} gemv {variant:<10} {eager:8.3} ms eager {graph:8.3} ms graph ({replayed} replays)  {:.1}% of roofline (graph)", floor_ms / graph * 100.0);
         table.push(format!("{name:<14} decode b{batch:<3} ctx{ctx:<5} gemv {variant:<10} {eager:9.3} ms eager {graph:9.3} ms graph  {:5.1}% of HBM roofline (graph, PDL {})", floor_ms / graph * 100.0, if pdl { "on" } else { "off" }));
         results.push(json!({"model": name, "kind": "decode_gemv_variant", "variant": variant.name(), "batch": batch, "context": ctx, "programmatic_launch": pdl, "step_ms": eager, "graph_step_ms": graph, "graph_replays": replayed, "roofline_ms": floor_ms, "graph_roofline_fraction": floor_ms / graph}));
@@ -363,21 +406,17 @@ fn gemv_variant_decode(
 /// kernel, and the backend's defaults (folds only up to `one_row_fold_max_splits` attention
 /// splits). The split-K configurations are timed twice, interleaved, so drift shows as a
 /// difference between rounds.
-#[allow(clippy::too_many_arguments)]
 fn one_row_fusion_ab(
     backend: &mut CudaBackend,
-    timer: &Timer,
-    config: &ModelConfig,
-    name: &str,
-    copy_gbps: f64,
-    quick: bool,
+    model: &ModelBench,
     table: &mut Vec<String>,
     results: &mut Vec<serde_json::Value>,
 ) -> Res<()> {
+    let name = model.name;
     let initial = backend.gemv_variant();
     let pdl = backend.programmatic_launch();
     let stream_gpu = backend.gpu().clone();
-    let reps = if quick { 5 } else { 20 };
+    let reps = model.reps();
     // (label, GEMV, SwiGLU fold, rope fold, attention merge in kernel, most splits with folds).
     let d = CudaOptions::default();
     let configs = [
@@ -425,13 +464,8 @@ fn one_row_fusion_ab(
     ];
     for ctx in [512usize, 1024, 2048] {
         let (tables, tokens) = decode_inputs(1, ctx, backend.kv_layout().block_size);
-        let steps = [SeqStep {
-            tokens: &tokens[0],
-            start_pos: ctx - 1,
-            block_table: &tables[0],
-            want_logits: true,
-        }];
-        let floor_ms = decode_bytes(config, backend, 1, ctx) / (copy_gbps * 1e9) * 1e3;
+        let steps = decode_steps(&tables, &tokens, ctx);
+        let floor_ms = model.roofline_ms(backend, 1, ctx);
         // rounds[r][i]: round r of configuration i.
         let mut rounds = [[f64::NAN; 6]; 2];
         for (round, slots) in rounds.iter_mut().enumerate() {
@@ -446,7 +480,7 @@ fn one_row_fusion_ab(
                 backend.set_fuse_attention_merge(merge);
                 backend.set_one_row_fold_max_splits(max_splits);
                 backend.set_graph_mode(GraphMode::On);
-                let timed = timer.median_ms(&stream_gpu, 3, reps, || {
+                let timed = model.timer.median_ms(&stream_gpu, 3, reps, || {
                     Ok(backend.forward_on_device(&steps)?)
                 });
                 backend.set_graph_mode(GraphMode::Off);
@@ -535,6 +569,9 @@ fn main() -> Res<()> {
         let opts = CudaOptions {
             max_num_seqs: 128,
             max_batch_tokens: 4096,
+            // The bench times every bucket from graphs (its batches are exact buckets, so no
+            // padding); serving caps graphed buckets at 16 by default.
+            graph_max_batch: usize::MAX,
             ..Default::default()
         };
         let started = std::time::Instant::now();
@@ -556,16 +593,14 @@ fn main() -> Res<()> {
             backend.num_kv_blocks(),
             started.elapsed().as_secs_f64()
         );
-        one_row_fusion_ab(
-            &mut backend,
-            &timer,
-            &config,
+        let model = ModelBench {
+            timer: &timer,
+            config: &config,
             name,
-            ceil.copy_gbps,
+            copy_gbps: ceil.copy_gbps,
             quick,
-            &mut table,
-            &mut results,
-        )?;
+        };
+        one_row_fusion_ab(&mut backend, &model, &mut table, &mut results)?;
         if fusion_ab_only {
             continue;
         }
@@ -578,35 +613,11 @@ fn main() -> Res<()> {
                     println!("  skip decode b{batch} ctx{ctx}: not enough KV blocks");
                     continue;
                 }
-                let tables: Vec<Vec<u32>> = (0..batch)
-                    .map(|s| {
-                        ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect()
-                    })
-                    .collect();
-                let tokens: Vec<[u32; 1]> = (0..batch).map(|s| [(s * 31 + 5) as u32]).collect();
-                let steps: Vec<SeqStep> = tables
-                    .iter()
-                    .zip(&tokens)
-                    .map(|(t, tok)| SeqStep {
-                        tokens: tok,
-                        start_pos: ctx - 1,
-                        block_table: t,
-                        want_logits: true,
-                    })
-                    .collect();
-                let reps = if quick { 5 } else { 20 };
-                backend.set_graph_mode(GraphMode::Off);
-                let ms = timer.median_ms(&stream_gpu, 3, reps, || {
-                    Ok(backend.forward_on_device(&steps)?)
-                })?;
-                // Warm-up runs the key once eagerly, then captures it.
-                backend.set_graph_mode(GraphMode::On);
-                let before = backend.graph_stats();
-                let graph_ms = timer.median_ms(&stream_gpu, 3, reps, || {
-                    Ok(backend.forward_on_device(&steps)?)
-                })?;
-                let replayed = backend.graph_stats().replayed - before.replayed;
-                backend.set_graph_mode(GraphMode::Off);
+                let (tables, tokens) = decode_inputs(batch, ctx, bs);
+                let steps = decode_steps(&tables, &tokens, ctx);
+                let reps = model.reps();
+                let (ms, graph_ms, replayed) =
+                    eager_and_graph_ms(&mut backend, &timer, reps, &steps)?;
                 let bytes = decode_bytes(&config, &backend, batch, ctx);
                 let floor_ms = bytes / (ceil.copy_gbps * 1e9) * 1e3;
                 let frac = floor_ms / ms;
@@ -635,35 +646,13 @@ fn main() -> Res<()> {
                 }
             }
         }
-        gemv_variant_decode(
-            &mut backend,
-            &timer,
-            &config,
-            name,
-            ceil.copy_gbps,
-            quick,
-            &mut table,
-            &mut results,
-        )?;
+        gemv_variant_decode(&mut backend, &model, &mut table, &mut results)?;
         // A/B: the same decode steps with every projection on cuBLAS.
         for &(batch, ctx) in &[(1usize, 512usize), (8, 512), (1, 2048)] {
-            let blocks_per_seq = (ctx + 1).div_ceil(bs);
-            let tables: Vec<Vec<u32>> = (0..batch)
-                .map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect())
-                .collect();
-            let tokens: Vec<[u32; 1]> = (0..batch).map(|s| [(s * 31 + 5) as u32]).collect();
-            let steps: Vec<SeqStep> = tables
-                .iter()
-                .zip(&tokens)
-                .map(|(t, tok)| SeqStep {
-                    tokens: tok,
-                    start_pos: ctx - 1,
-                    block_table: t,
-                    want_logits: true,
-                })
-                .collect();
+            let (tables, tokens) = decode_inputs(batch, ctx, bs);
+            let steps = decode_steps(&tables, &tokens, ctx);
             backend.set_skinny_gemm_max_rows(0);
-            let ms = timer.median_ms(&stream_gpu, 3, if quick { 5 } else { 20 }, || {
+            let ms = timer.median_ms(&stream_gpu, 3, model.reps(), || {
                 Ok(backend.forward_on_device(&steps)?)
             });
             backend.set_skinny_gemm_max_rows(CudaOptions::default().skinny_gemm_max_rows);
@@ -674,7 +663,7 @@ fn main() -> Res<()> {
                 let mut fused_ab = [0.0f64; 2];
                 for (slot, fuse) in fused_ab.iter_mut().zip([false, true]) {
                     backend.set_fuse_one_row_norms(fuse);
-                    *slot = timer.median_ms(&stream_gpu, 3, if quick { 5 } else { 20 }, || {
+                    *slot = timer.median_ms(&stream_gpu, 3, model.reps(), || {
                         Ok(backend.forward_on_device(&steps)?)
                     })?;
                 }

@@ -133,6 +133,54 @@ fn read_f32(b: &DeviceBuffer, n: usize) -> Res<Vec<f64>> {
     Ok(v.into_iter().map(f64::from).collect())
 }
 
+/// `n` values of a GEMM output of `out_type`.
+fn read_out(b: &DeviceBuffer, n: usize, out_type: OutType) -> Res<Vec<f64>> {
+    match out_type {
+        OutType::F32 => read_f32(b, n),
+        OutType::Half => read_half(b, n),
+    }
+}
+
+/// `x · w` in float64 of the values rounded to the 16-bit type, as the kernels read them.
+fn dot_16bit(x: &[f32], w: &[f32]) -> f64 {
+    x.iter()
+        .zip(w)
+        .map(|(&a, &b)| bf16(a) as f64 * bf16(b) as f64)
+        .sum()
+}
+
+/// The launch modes a kernel check runs in: PDL off, and on where the device has it.
+fn pdl_modes(k: &Kernels) -> &'static [bool] {
+    if k.supports_programmatic_launch() {
+        &[false, true]
+    } else {
+        &[false]
+    }
+}
+
+/// `out[rows, inter] = SwiGLU(gate_up[rows, 2 inter])` by the `swiglu` kernel.
+fn launch_swiglu(
+    k: &Kernels,
+    gate_up: &DeviceBuffer,
+    out: &DeviceBuffer,
+    rows: usize,
+    inter: usize,
+) -> Res<()> {
+    let total = rows * inter;
+    k.launch(
+        &k.swiglu,
+        (total.div_ceil(256) as u32, 1, 1),
+        256,
+        &[
+            Arg::Ptr(gate_up.ptr()),
+            Arg::Ptr(out.ptr()),
+            Arg::I32(inter as i32),
+            Arg::U64(total as u64),
+        ],
+    )?;
+    Ok(())
+}
+
 fn check_elementwise(gpu: &Arc<Gpu>, rng: &mut ChaCha8Rng, report: &mut Report) -> Res<()> {
     let k = Kernels::compile(gpu, 64, 3, CudaDtype::Bf16)?;
     for (rows, width) in [(1usize, 576usize), (7, 4096), (3, 1000)] {
@@ -176,17 +224,7 @@ fn check_elementwise(gpu: &Arc<Gpu>, rng: &mut ChaCha8Rng, report: &mut Report) 
         let d = upload_half(gpu, &gu)?;
         let out = poisoned(gpu, rows * inter * 2)?;
         let total = rows * inter;
-        k.launch(
-            &k.swiglu,
-            (total.div_ceil(256) as u32, 1, 1),
-            256,
-            &[
-                Arg::Ptr(d.ptr()),
-                Arg::Ptr(out.ptr()),
-                Arg::I32(inter as i32),
-                Arg::U64(total as u64),
-            ],
-        )?;
+        launch_swiglu(&k, &d, &out, rows, inter)?;
         let mut reference = Vec::new();
         for r in 0..rows {
             for j in 0..inter {
@@ -219,14 +257,7 @@ fn check_elementwise(gpu: &Arc<Gpu>, rng: &mut ChaCha8Rng, report: &mut Report) 
         let mut got = vec![0u32; rows];
         out.read(&mut got)?;
         let wrong = (0..rows)
-            .filter(|&r| {
-                let row = &logits[r * vocab..(r + 1) * vocab];
-                let best = row
-                    .iter()
-                    .enumerate()
-                    .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
-                got[r] as usize != best
-            })
+            .filter(|&r| got[r] != argmax(&logits[r * vocab..(r + 1) * vocab]))
             .count();
         report.add("argmax", format!("{rows}x{vocab}"), wrong as f64, 0.0);
     }
@@ -278,9 +309,7 @@ fn check_elementwise(gpu: &Arc<Gpu>, rng: &mut ChaCha8Rng, report: &mut Report) 
         let mut reference = Vec::new();
         for r in 0..rows {
             for o in 0..outd {
-                let dot: f64 = (0..inn)
-                    .map(|i| bf16(x[r * inn + i]) as f64 * bf16(w[o * inn + i]) as f64)
-                    .sum();
+                let dot = dot_16bit(&x[r * inn..(r + 1) * inn], &w[o * inn..(o + 1) * inn]);
                 reference.push(
                     dot + if accumulate {
                         y0[r * outd + o] as f64
@@ -290,11 +319,7 @@ fn check_elementwise(gpu: &Arc<Gpu>, rng: &mut ChaCha8Rng, report: &mut Report) 
                 );
             }
         }
-        let got = if out_type == OutType::F32 {
-            read_f32(&dy, rows * outd)?
-        } else {
-            read_half(&dy, rows * outd)?
-        };
+        let got = read_out(&dy, rows * outd, out_type)?;
         report.add(
             if skinny {
                 "skinny gemm"
@@ -330,11 +355,7 @@ fn check_qkv_rope(
     // (hidden, q heads, kv heads, bias): 8B-like width (2 warps per row), SmolLM2-like (1).
     let cases = [(4096usize, 6usize, 2usize, true), (576, 9, 3, false)];
     let initial = k.programmatic_launch();
-    let pdl_modes: &[bool] = if k.supports_programmatic_launch() {
-        &[false, true]
-    } else {
-        &[false]
-    };
+    let pdl_modes = pdl_modes(k);
     let inv_freq: Vec<f64> = (0..hd / 2)
         .map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / hd as f64))
         .collect();
@@ -472,20 +493,12 @@ fn check_gate_up_swiglu(
         (8, 5),
     ];
     let initial = k.programmatic_launch();
-    let pdl_modes: &[bool] = if k.supports_programmatic_launch() {
-        &[false, true]
-    } else {
-        &[false]
-    };
+    let pdl_modes = pdl_modes(k);
     for (inn, inter) in cases {
         let x = randn(rng, inn, 1.0);
         let w = randn(rng, 2 * inter * inn, 0.05);
         let (dx, dw) = (upload_half(gpu, &x)?, upload_half(gpu, &w)?);
-        let dot = |row: usize| -> f64 {
-            (0..inn)
-                .map(|i| bf16(x[i]) as f64 * bf16(w[row * inn + i]) as f64)
-                .sum()
-        };
+        let dot = |row: usize| dot_16bit(&x, &w[row * inn..(row + 1) * inn]);
         let reference: Vec<f64> = (0..inter)
             .map(|o| {
                 let g = bf16(dot(o) as f32) as f64;
@@ -513,17 +526,7 @@ fn check_gate_up_swiglu(
                 false,
             )
             .ok_or("the one-row GEMV refused the shape")??;
-            k.launch(
-                &k.swiglu,
-                (inter.div_ceil(256) as u32, 1, 1),
-                256,
-                &[
-                    Arg::Ptr(gate_up.ptr()),
-                    Arg::Ptr(apart.ptr()),
-                    Arg::I32(inter as i32),
-                    Arg::U64(inter as u64),
-                ],
-            )?;
+            launch_swiglu(k, &gate_up, &apart, 1, inter)?;
             let (got, unfused) = (read_half(&fused, inter)?, read_half(&apart, inter)?);
             let shape = format!("1x{inn} -> 2x{inter}{}", if pdl { " pdl" } else { "" });
             report.add(
@@ -578,11 +581,7 @@ fn check_gemv_variants(
         (8, 5, OutType::F32, false),
     ];
     let initial = k.programmatic_launch();
-    let pdl_modes: &[bool] = if k.supports_programmatic_launch() {
-        &[false, true]
-    } else {
-        &[false]
-    };
+    let pdl_modes = pdl_modes(k);
     for (inn, outd, out_type, accumulate) in cases {
         let x = randn(rng, inn, 1.0);
         let w = randn(rng, outd * inn, 0.02);
@@ -590,9 +589,7 @@ fn check_gemv_variants(
         let (dx, dw) = (upload_half(gpu, &x)?, upload_half(gpu, &w)?);
         let reference: Vec<f64> = (0..outd)
             .map(|o| {
-                let dot: f64 = (0..inn)
-                    .map(|i| bf16(x[i]) as f64 * bf16(w[o * inn + i]) as f64)
-                    .sum();
+                let dot = dot_16bit(&x, &w[o * inn..(o + 1) * inn]);
                 dot + if accumulate { y0[o] as f64 } else { 0.0 }
             })
             .collect();
@@ -617,11 +614,7 @@ fn check_gemv_variants(
                     accumulate,
                 )
                 .ok_or("the one-row GEMV refused the shape")??;
-                let got = if out_type == OutType::F32 {
-                    read_f32(&dy, outd)?
-                } else {
-                    read_half(&dy, outd)?
-                };
+                let got = read_out(&dy, outd, out_type)?;
                 report.add(
                     &format!("gemv {variant}"),
                     format!(
@@ -637,6 +630,19 @@ fn check_gemv_variants(
     }
     k.set_programmatic_launch(initial);
     Ok(())
+}
+
+/// The backend the model checks run: a small share of the device, graphs off unless a
+/// check turns them on.
+fn model_check_options(dtype: CudaDtype) -> CudaOptions {
+    CudaOptions {
+        gpu_memory_utilization: 0.05,
+        max_num_seqs: 16,
+        max_batch_tokens: 1024,
+        dtype,
+        cuda_graphs: false,
+        ..Default::default()
+    }
 }
 
 /// [`check_gemv_model`] on a random model wide enough for every variant to differ from the
@@ -655,14 +661,7 @@ fn check_gemv_wide_model(seed: u64, dtype: CudaDtype, report: &mut Report) -> Re
         attention_bias: false,
         ..small_config()
     };
-    let opts = CudaOptions {
-        gpu_memory_utilization: 0.05,
-        max_num_seqs: 16,
-        max_batch_tokens: 1024,
-        dtype,
-        cuda_graphs: false,
-        ..Default::default()
-    };
+    let opts = model_check_options(dtype);
     let mut cuda = CudaBackend::with_random_weights(config, seed, opts)?;
     let name = match dtype {
         CudaDtype::Bf16 => "wide-random",
@@ -722,12 +721,7 @@ fn check_gemv_model(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> 
     let differing = |a: &[Vec<f32>], b: &[Vec<f32>]| -> usize {
         a.iter()
             .zip(b)
-            .map(|(x, y)| {
-                x.iter()
-                    .zip(y)
-                    .filter(|(p, q)| !p.is_finite() || p.to_bits() != q.to_bits())
-                    .count()
-            })
+            .map(|(x, y)| differing_bits(x, y))
             .sum::<usize>()
             + a.len().abs_diff(b.len())
     };
@@ -1175,6 +1169,60 @@ fn logits_err(a: &[f32], b: &[f32]) -> f64 {
     )
 }
 
+/// The token greedy decoding picks: the largest logit, the first of equals.
+fn argmax(row: &[f32]) -> u32 {
+    row.iter()
+        .enumerate()
+        .fold(0, |b, (j, &v)| if v > row[b] { j } else { b }) as u32
+}
+
+/// Logits that differ in their bits over the length both runs share; an unwritten (poisoned,
+/// NaN) or non-finite value counts as a difference even when both runs left it so.
+fn differing_bits(a: &[f32], b: &[f32]) -> usize {
+    a.iter()
+        .zip(b)
+        .filter(|(x, y)| !x.is_finite() || x.to_bits() != y.to_bits())
+        .count()
+}
+
+/// Block tables of `n` sequences: sequence `s` owns blocks `s * per_seq..(s + 1) * per_seq`.
+fn consecutive_tables(n: usize, per_seq: u32) -> Vec<Vec<u32>> {
+    (0..n as u32)
+        .map(|s| (s * per_seq..(s + 1) * per_seq).collect())
+        .collect()
+}
+
+/// One step prefilling each prompt from position 0 into its block table.
+fn prefill_steps<'a>(prompts: &'a [Vec<u32>], tables: &'a [Vec<u32>]) -> Vec<SeqStep<'a>> {
+    prompts
+        .iter()
+        .zip(tables)
+        .map(|(p, t)| SeqStep {
+            tokens: p,
+            start_pos: 0,
+            block_table: t,
+            want_logits: true,
+        })
+        .collect()
+}
+
+/// Decode step `step` after the prompts: sequence `s` feeds the token `next[s]`.
+fn decode_steps<'a>(
+    next: &'a [[u32; 1]],
+    prompts: &[Vec<u32>],
+    tables: &'a [Vec<u32>],
+    step: usize,
+) -> Vec<SeqStep<'a>> {
+    (0..next.len())
+        .map(|s| SeqStep {
+            tokens: &next[s],
+            start_pos: prompts[s].len() + step,
+            block_table: &tables[s],
+            want_logits: true,
+        })
+        .collect()
+}
+
 /// Greedy generation of `steps` tokens after `prompt`, one sequence, blocks 0.. in order.
 fn generate(
     backend: &mut dyn Backend,
@@ -1193,10 +1241,7 @@ fn generate(
     }])?;
     for i in 0..steps {
         let row = logits.row(0);
-        let next = row
-            .iter()
-            .enumerate()
-            .fold(0, |b, (j, &v)| if v > row[b] { j } else { b }) as u32;
+        let next = argmax(row);
         all_logits.push(row.to_vec());
         out.push(next);
         if i + 1 < steps {
@@ -1220,14 +1265,7 @@ fn check_model(
     dtype: CudaDtype,
     report: &mut Report,
 ) -> Res<()> {
-    let opts = CudaOptions {
-        gpu_memory_utilization: 0.05,
-        max_num_seqs: 16,
-        max_batch_tokens: 1024,
-        dtype,
-        cuda_graphs: false,
-        ..Default::default()
-    };
+    let opts = model_check_options(dtype);
     let name = &match dtype {
         CudaDtype::Bf16 => name.to_string(),
         CudaDtype::F16 => format!("{name} f16"),
@@ -1293,16 +1331,7 @@ fn check_model(
     let tables: Vec<Vec<u32>> = (0..prompts.len())
         .map(|i| ((i * 12) as u32..(i * 12 + 12) as u32).collect())
         .collect();
-    let batch: Vec<SeqStep> = prompts
-        .iter()
-        .zip(&tables)
-        .map(|(p, t)| SeqStep {
-            tokens: p,
-            start_pos: 0,
-            block_table: t,
-            want_logits: true,
-        })
-        .collect();
+    let batch = prefill_steps(prompts, &tables);
     let batched = cuda.forward(&batch)?;
     let mut worst: f64 = 0.0;
     for (i, p) in prompts.iter().enumerate() {
@@ -1441,9 +1470,7 @@ fn check_graphs(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> Res<
     let blocks_per_seq = 8u32;
     let steps = 24;
     for n in [1usize, 3, 8, 16] {
-        let tables: Vec<Vec<u32>> = (0..n as u32)
-            .map(|s| (s * blocks_per_seq..(s + 1) * blocks_per_seq).collect())
-            .collect();
+        let tables = consecutive_tables(n, blocks_per_seq);
         // Lengths 13, 18, 23, ...: the shortest crosses 16 and 32 during the steps.
         let prompts: Vec<Vec<u32>> = (0..n)
             .map(|s| {
@@ -1453,34 +1480,13 @@ fn check_graphs(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> Res<
             })
             .collect();
         cuda.set_graph_mode(GraphMode::Off);
-        let prefill: Vec<SeqStep> = prompts
-            .iter()
-            .zip(&tables)
-            .map(|(p, t)| SeqStep {
-                tokens: p,
-                start_pos: 0,
-                block_table: t,
-                want_logits: true,
-            })
-            .collect();
+        let prefill = prefill_steps(&prompts, &tables);
         let logits = cuda.forward(&prefill)?;
-        let argmax = |row: &[f32]| {
-            row.iter()
-                .enumerate()
-                .fold(0, |b, (j, &v)| if v > row[b] { j } else { b }) as u32
-        };
         let mut next: Vec<[u32; 1]> = (0..n).map(|i| [argmax(logits.row(i))]).collect();
         let before = cuda.graph_stats();
         let (mut exact, mut loose): (f64, f64) = (0.0, 0.0);
         for step in 0..steps {
-            let batch: Vec<SeqStep> = (0..n)
-                .map(|s| SeqStep {
-                    tokens: &next[s],
-                    start_pos: prompts[s].len() + step,
-                    block_table: &tables[s],
-                    want_logits: true,
-                })
-                .collect();
+            let batch = decode_steps(&next, &prompts, &tables, step);
             // Poisoned before each run: a replay that wrote nothing would read as NaN.
             cuda.set_graph_mode(GraphMode::Off);
             cuda.poison_logits()?;
@@ -1561,9 +1567,7 @@ fn check_attention_merge(cuda: &mut CudaBackend, name: &str, report: &mut Report
             })
             .collect();
         let per_seq = (200 + 61 * n + steps).div_ceil(bs) as u32;
-        let tables: Vec<Vec<u32>> = (0..n as u32)
-            .map(|s| (s * per_seq..(s + 1) * per_seq).collect())
-            .collect();
+        let tables = consecutive_tables(n, per_seq);
         let tokens: Vec<Vec<[u32; 1]>> = (0..steps)
             .map(|step| {
                 (0..n)
@@ -1579,29 +1583,13 @@ fn check_attention_merge(cuda: &mut CudaBackend, name: &str, report: &mut Report
             cuda.set_fuse_attention_merge(merge);
             cuda.set_programmatic_launch(pdl);
             cuda.set_graph_mode(GraphMode::Off);
-            let prefill: Vec<SeqStep> = prompts
-                .iter()
-                .zip(&tables)
-                .map(|(p, t)| SeqStep {
-                    tokens: p,
-                    start_pos: 0,
-                    block_table: t,
-                    want_logits: true,
-                })
-                .collect();
+            let prefill = prefill_steps(&prompts, &tables);
             cuda.forward(&prefill)?;
             cuda.set_graph_mode(mode);
             let before = cuda.graph_stats();
             let mut logits = Vec::new();
             for (step, next) in tokens.iter().enumerate() {
-                let batch: Vec<SeqStep> = (0..n)
-                    .map(|s| SeqStep {
-                        tokens: &next[s],
-                        start_pos: prompts[s].len() + step,
-                        block_table: &tables[s],
-                        want_logits: true,
-                    })
-                    .collect();
+                let batch = decode_steps(next, &prompts, &tables, step);
                 cuda.poison_logits()?;
                 logits.push(cuda.forward(&batch)?.data);
             }
@@ -1618,13 +1606,7 @@ fn check_attention_merge(cuda: &mut CudaBackend, name: &str, report: &mut Report
         let differing = |a: &[Vec<f32>], b: &[Vec<f32>]| -> usize {
             a.iter()
                 .zip(b)
-                .map(|(x, y)| {
-                    x.iter()
-                        .zip(y)
-                        .filter(|(p, q)| !p.is_finite() || p.to_bits() != q.to_bits())
-                        .count()
-                        + x.len().abs_diff(y.len())
-                })
+                .map(|(x, y)| differing_bits(x, y) + x.len().abs_diff(y.len()))
                 .sum::<usize>()
                 + a.len().abs_diff(b.len())
         };
@@ -1670,26 +1652,15 @@ fn check_programmatic_launch(cuda: &mut CudaBackend, name: &str, report: &mut Re
     let vocab = cuda.config().vocab_size as u32;
     let blocks_per_seq = 8u32;
     let steps = 24;
-    let argmax = |row: &[f32]| {
-        row.iter()
-            .enumerate()
-            .fold(0, |b, (j, &v)| if v > row[b] { j } else { b }) as u32
-    };
-    // Bits that differ between two logits runs; an unwritten (poisoned, NaN) or non-finite
-    // value counts as a difference even when both runs left it so.
+    // Runs of different lengths differ everywhere.
     let differing = |a: &[f32], b: &[f32]| -> usize {
         if a.len() != b.len() {
             return a.len().max(b.len());
         }
-        a.iter()
-            .zip(b)
-            .filter(|(x, y)| !x.is_finite() || x.to_bits() != y.to_bits())
-            .count()
+        differing_bits(a, b)
     };
     for (n, fuse) in [(1usize, true), (1, false), (3, true), (8, true)] {
-        let tables: Vec<Vec<u32>> = (0..n as u32)
-            .map(|s| (s * blocks_per_seq..(s + 1) * blocks_per_seq).collect())
-            .collect();
+        let tables = consecutive_tables(n, blocks_per_seq);
         let prompts: Vec<Vec<u32>> = (0..n)
             .map(|s| {
                 (0..13 + 5 * s)
@@ -1718,30 +1689,14 @@ fn check_programmatic_launch(cuda: &mut CudaBackend, name: &str, report: &mut Re
         for &(pdl, mode) in &modes {
             cuda.set_programmatic_launch(pdl);
             cuda.set_graph_mode(GraphMode::Off);
-            let prefill: Vec<SeqStep> = prompts
-                .iter()
-                .zip(&tables)
-                .map(|(p, t)| SeqStep {
-                    tokens: p,
-                    start_pos: 0,
-                    block_table: t,
-                    want_logits: true,
-                })
-                .collect();
+            let prefill = prefill_steps(&prompts, &tables);
             cuda.poison_logits()?;
             let mut logits = vec![cuda.forward(&prefill)?.data];
             let mut greedy = Vec::new();
             cuda.set_graph_mode(mode);
             let before = cuda.graph_stats();
             for (step, next) in tokens.iter().enumerate() {
-                let batch: Vec<SeqStep> = (0..n)
-                    .map(|s| SeqStep {
-                        tokens: &next[s],
-                        start_pos: prompts[s].len() + step,
-                        block_table: &tables[s],
-                        want_logits: true,
-                    })
-                    .collect();
+                let batch = decode_steps(next, &prompts, &tables, step);
                 cuda.poison_logits()?;
                 logits.push(cuda.forward(&batch)?.data);
                 greedy.push(cuda.forward_greedy(&batch)?);

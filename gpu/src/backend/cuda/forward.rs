@@ -52,7 +52,9 @@ impl CudaBackend {
                     self.opts.block_size,
                     self.opts.max_num_seqs.min(self.opts.max_batch_tokens),
                 )
-                .filter(|&key| self.graphs.accepts(key))
+                .filter(|&key| {
+                    key.bucket <= self.opts.graph_max_batch && self.graphs.accepts(key)
+                })
             {
                 return self.run_padded_decode(batch, key);
             }

@@ -76,6 +76,12 @@ pub struct CudaOptions {
     /// Decode steps replay CUDA graphs captured per (batch bucket, table width). Default on;
     /// `STATOR_CUDA_GRAPHS=0` in the environment turns it off.
     pub cuda_graphs: bool,
+    /// Largest batch bucket decode graphs serve; bigger decode steps launch eagerly with their
+    /// real row count. A graph pads a batch to the next power of two, and from ~32 rows on the
+    /// padded rows cost more than the launches a graph saves: serving SmolLM2 at 64 streams
+    /// gave 20-30% fewer tokens/s with every bucket graphed than with buckets <= 16
+    /// (docs/cuda-notes.md, "Round 7"). Default 16; `STATOR_CUDA_GRAPH_MAX_BATCH=N` overrides.
+    pub graph_max_batch: usize,
     /// Kernels launch with programmatic dependent launch (sm_90+): each may start while the
     /// previous one finishes, so the skinny GEMM streams its first weights during the previous
     /// kernel's tail. Results are unchanged (checked bit for bit). Default on; ignored on
@@ -126,6 +132,10 @@ impl Default for CudaOptions {
             skinny_gemm_max_rows: 1,
             fuse_one_row_norms: true,
             cuda_graphs: std::env::var("STATOR_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            graph_max_batch: std::env::var("STATOR_CUDA_GRAPH_MAX_BATCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_GRAPH_MAX_BATCH),
             programmatic_launch: std::env::var("STATOR_CUDA_PDL").map_or(true, |v| v != "0"),
             gemv_variant: GemvVariant::from_env(),
             fuse_one_row_swiglu: true,
@@ -136,6 +146,9 @@ impl Default for CudaOptions {
         }
     }
 }
+
+/// Default of [`CudaOptions::graph_max_batch`].
+pub const DEFAULT_GRAPH_MAX_BATCH: usize = 16;
 
 /// Widest hidden size for which one-row steps fuse their norms by default.
 pub const FUSED_NORMS_MAX_HIDDEN: usize = 2048;
