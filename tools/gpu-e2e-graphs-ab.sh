@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Device machine, after tools/gpu-e2e.sh staged carry/e2e and the GGUF halves (see its header):
 #   run(command="bash tools/gpu-e2e-graphs-ab.sh", carry=["carry/gguf-b"]) right after a call carrying the rest.
-# SmolLM2 end to end at 16 and 64 streams: graphs default vs PDL off vs graph batch caps vs no graphs.
+# SmolLM2 end to end at 16 and 64 streams: graphs for batches <= 16 (default) vs every
+# bucket vs <= 32 vs PDL off vs no graphs.
 set -u
 cd "$(dirname "$0")/.."
-for v in default pdl0 gmax16 gmax32; do
+# default = graphs for buckets <= 16 (CudaOptions::graph_max_batch); "all" graphs every bucket.
+for v in default all gmax32 pdl0; do
     case $v in
         default) extra=() ;;
-        pdl0) extra=(STATOR_CUDA_PDL=0) ;;
-        gmax16) extra=(STATOR_CUDA_GRAPH_MAX_BATCH=16) ;;
+        all) extra=(STATOR_CUDA_GRAPH_MAX_BATCH=1000000) ;;
         gmax32) extra=(STATOR_CUDA_GRAPH_MAX_BATCH=32) ;;
+        pdl0) extra=(STATOR_CUDA_PDL=0) ;;
     esac
     ab=0; [[ $v == default ]] && ab=1
     echo "=== variant $v"
