@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cuda_bench [--models smollm2-135m,llama-3.2-1b,llama-3.1-8b] [--out results.json] [--quick]
-//!            [--fusion-ab-only]
+//!            [--fusion-ab-only | --norm-fold-ab-only]
 //! ```
 //! Decode steps are timed twice, launched eagerly and replayed from CUDA graphs, both with
 //! programmatic dependent launch when the device has it (sm_90+); batches 1 and 8 are timed
@@ -12,7 +12,8 @@
 //! (`GemvVariant`) gets its own projection rows and b1 ctx512 decode step (graphs + PDL), and
 //! the b1 steps at contexts 512 and 2048 compare the baseline GEMV and split-K with its
 //! one-row fusions (SwiGLU into gate/up, rope + K/V write into QKV) off and on
-//! (`--fusion-ab-only`: that comparison alone).
+//! (`--fusion-ab-only`: that comparison alone), and the defaults with the RMSNorm fold off, on
+//! and gated (`--norm-fold-ab-only`: that alone, contexts 512 and 2048).
 
 use std::sync::Arc;
 
@@ -400,85 +401,156 @@ fn gemv_variant_decode(
     Ok(())
 }
 
-/// The b1 decode step from graphs (PDL as the backend has it) at contexts 512, 1024 and 2048,
-/// with the baseline GEMV, and with split-K: one-row fusions off or SwiGLU and rope + K/V write
-/// folded at every context, the decode-attention merge in its own kernel or in the attention
-/// kernel, and the backend's defaults (folds only up to `one_row_fold_max_splits` attention
-/// splits). The split-K configurations are timed twice, interleaved, so drift shows as a
-/// difference between rounds.
+/// One configuration of the one-row fusion A/B.
+#[derive(Clone, Copy)]
+struct FusionConfig {
+    label: &'static str,
+    variant: GemvVariant,
+    swiglu: bool,
+    rope: bool,
+    merge: bool,
+    /// Most attention splits with the SwiGLU/rope folds (`usize::MAX`: always).
+    max_splits: usize,
+    /// RMSNorm folded into the split-K projections (round 8), up to this many attention
+    /// splits.
+    norm_fold: bool,
+    norm_fold_max_splits: usize,
+    /// Timed in the first round only (a reference, not part of the interleaved comparison).
+    once: bool,
+}
+
+impl FusionConfig {
+    /// The backend's defaults under `label`.
+    fn default_as(label: &'static str) -> Self {
+        let d = CudaOptions::default();
+        FusionConfig {
+            label,
+            variant: GemvVariant::SplitK,
+            swiglu: d.fuse_one_row_swiglu,
+            rope: d.fuse_one_row_rope,
+            merge: d.fuse_attention_merge,
+            max_splits: d.one_row_fold_max_splits,
+            norm_fold: d.fold_one_row_rms_norm,
+            norm_fold_max_splits: d.rms_norm_fold_max_splits,
+            once: false,
+        }
+    }
+
+    fn apply(&self, backend: &mut CudaBackend) {
+        backend.set_gemv_variant(self.variant);
+        backend.set_fuse_one_row_swiglu(self.swiglu);
+        backend.set_fuse_one_row_rope(self.rope);
+        backend.set_fuse_attention_merge(self.merge);
+        backend.set_one_row_fold_max_splits(self.max_splits);
+        backend.set_fold_one_row_rms_norm(self.norm_fold);
+        backend.set_rms_norm_fold_max_splits(self.norm_fold_max_splits);
+    }
+}
+
+/// `--fusion-ab-only` (and the full run): the baseline GEMV, and split-K with its one-row
+/// fusions off or SwiGLU and rope + K/V write folded at every context, the decode-attention
+/// merge in its own kernel or in the attention kernel, the backend's defaults (folds only up
+/// to `one_row_fold_max_splits` attention splits), and the defaults with the RMSNorm fold
+/// toggled, at contexts 512, 1024 and 2048.
+fn fusion_configs() -> (Vec<FusionConfig>, Vec<usize>) {
+    let apart = FusionConfig {
+        label: "split_k apart",
+        swiglu: false,
+        rope: false,
+        merge: false,
+        max_splits: usize::MAX,
+        norm_fold: false,
+        ..FusionConfig::default_as("")
+    };
+    let folds = FusionConfig {
+        label: "folds",
+        swiglu: true,
+        rope: true,
+        ..apart
+    };
+    let default = FusionConfig::default_as("default");
+    let configs = vec![
+        FusionConfig {
+            label: "baseline",
+            variant: GemvVariant::Baseline,
+            once: true,
+            ..apart
+        },
+        apart,
+        FusionConfig {
+            label: "apart +merge",
+            merge: true,
+            ..apart
+        },
+        folds,
+        FusionConfig {
+            label: "folds +merge",
+            merge: true,
+            ..folds
+        },
+        default,
+        FusionConfig {
+            label: if default.norm_fold {
+                "default -norm fold"
+            } else {
+                "default +norm fold"
+            },
+            norm_fold: !default.norm_fold,
+            norm_fold_max_splits: usize::MAX,
+            ..default
+        },
+    ];
+    (configs, vec![512, 1024, 2048])
+}
+
+/// `--norm-fold-ab-only`: the defaults with the RMSNorm fold off, on at every context, and
+/// as the defaults gate it, contexts 512 and 2048.
+fn norm_fold_configs() -> (Vec<FusionConfig>, Vec<usize>) {
+    let base = FusionConfig::default_as("default");
+    let configs = vec![
+        FusionConfig {
+            label: "norm fold off",
+            norm_fold: false,
+            ..base
+        },
+        FusionConfig {
+            label: "norm fold on",
+            norm_fold: true,
+            norm_fold_max_splits: usize::MAX,
+            ..base
+        },
+        base,
+    ];
+    (configs, vec![512, 2048])
+}
+
+/// The b1 decode step from graphs (PDL as the backend has it) in each configuration at each
+/// context. Configurations not marked `once` are timed twice, interleaved in the same process,
+/// so drift shows as a difference between rounds.
 fn one_row_fusion_ab(
     backend: &mut CudaBackend,
     model: &ModelBench,
+    (configs, contexts): &(Vec<FusionConfig>, Vec<usize>),
     table: &mut Vec<String>,
     results: &mut Vec<serde_json::Value>,
 ) -> Res<()> {
     let name = model.name;
-    let initial = backend.gemv_variant();
     let pdl = backend.programmatic_launch();
     let stream_gpu = backend.gpu().clone();
     let reps = model.reps();
-    // (label, GEMV, SwiGLU fold, rope fold, attention merge in kernel, most splits with folds).
-    let d = CudaOptions::default();
-    let configs = [
-        (
-            "baseline",
-            GemvVariant::Baseline,
-            false,
-            false,
-            false,
-            usize::MAX,
-        ),
-        (
-            "split_k apart",
-            GemvVariant::SplitK,
-            false,
-            false,
-            false,
-            usize::MAX,
-        ),
-        (
-            "apart +merge",
-            GemvVariant::SplitK,
-            false,
-            false,
-            true,
-            usize::MAX,
-        ),
-        ("folds", GemvVariant::SplitK, true, true, false, usize::MAX),
-        (
-            "folds +merge",
-            GemvVariant::SplitK,
-            true,
-            true,
-            true,
-            usize::MAX,
-        ),
-        (
-            "default",
-            GemvVariant::SplitK,
-            d.fuse_one_row_swiglu,
-            d.fuse_one_row_rope,
-            d.fuse_attention_merge,
-            d.one_row_fold_max_splits,
-        ),
-    ];
-    for ctx in [512usize, 1024, 2048] {
+    for &ctx in contexts {
         let (tables, tokens) = decode_inputs(1, ctx, backend.kv_layout().block_size);
         let steps = decode_steps(&tables, &tokens, ctx);
         let floor_ms = model.roofline_ms(backend, 1, ctx);
         // rounds[r][i]: round r of configuration i.
-        let mut rounds = [[f64::NAN; 6]; 2];
+        let mut rounds = [vec![f64::NAN; configs.len()], vec![f64::NAN; configs.len()]];
         for (round, slots) in rounds.iter_mut().enumerate() {
-            for (i, &(_, variant, swiglu, rope, merge, max_splits)) in configs.iter().enumerate() {
-                if round == 1 && i == 0 {
+            for (i, config) in configs.iter().enumerate() {
+                if round == 1 && config.once {
                     continue;
                 }
                 // Each switch drops the captured graphs; the warm-up recaptures them.
-                backend.set_gemv_variant(variant);
-                backend.set_fuse_one_row_swiglu(swiglu);
-                backend.set_fuse_one_row_rope(rope);
-                backend.set_fuse_attention_merge(merge);
-                backend.set_one_row_fold_max_splits(max_splits);
+                config.apply(backend);
                 backend.set_graph_mode(GraphMode::On);
                 let timed = model.timer.median_ms(&stream_gpu, 3, reps, || {
                     Ok(backend.forward_on_device(&steps)?)
@@ -487,23 +559,20 @@ fn one_row_fusion_ab(
                 slots[i] = timed?;
             }
         }
-        for (i, &(label, variant, swiglu, rope, merge, max_splits)) in configs.iter().enumerate() {
+        for (i, c) in configs.iter().enumerate() {
             let (first, second) = (rounds[0][i], rounds[1][i]);
             let best = if second.is_nan() {
                 first
             } else {
                 first.min(second)
             };
+            let label = c.label;
             println!("  decode b1 ctx{ctx} {label:<18} {first:8.3} / {second:8.3} ms graph  {:.1}% of roofline", floor_ms / best * 100.0);
             table.push(format!("{name:<14} decode b1   ctx{ctx:<5} {label:<18} {first:9.3} / {second:9.3} ms graph (rounds 1/2)  {:5.1}% of HBM roofline (PDL {})", floor_ms / best * 100.0, if pdl { "on" } else { "off" }));
-            results.push(json!({"model": name, "kind": "decode_one_row_fusion_ab", "config": label, "variant": variant.name(), "swiglu_fused": swiglu, "rope_fused": rope, "attention_merge_in_kernel": merge, "one_row_fold_max_splits": if max_splits == usize::MAX { None } else { Some(max_splits) }, "batch": 1, "context": ctx, "programmatic_launch": pdl, "graph_step_ms_rounds": [first, second], "roofline_ms": floor_ms, "graph_roofline_fraction": floor_ms / best}));
+            results.push(json!({"model": name, "kind": "decode_one_row_fusion_ab", "config": label, "variant": c.variant.name(), "swiglu_fused": c.swiglu, "rope_fused": c.rope, "attention_merge_in_kernel": c.merge, "one_row_fold_max_splits": if c.max_splits == usize::MAX { None } else { Some(c.max_splits) }, "rms_norm_folded": c.norm_fold, "rms_norm_fold_max_splits": if c.norm_fold_max_splits == usize::MAX { None } else { Some(c.norm_fold_max_splits) }, "batch": 1, "context": ctx, "programmatic_launch": pdl, "graph_step_ms_rounds": [first, second], "roofline_ms": floor_ms, "graph_roofline_fraction": floor_ms / best}));
         }
     }
-    backend.set_gemv_variant(initial);
-    backend.set_fuse_one_row_swiglu(CudaOptions::default().fuse_one_row_swiglu);
-    backend.set_fuse_one_row_rope(CudaOptions::default().fuse_one_row_rope);
-    backend.set_fuse_attention_merge(CudaOptions::default().fuse_attention_merge);
-    backend.set_one_row_fold_max_splits(d.one_row_fold_max_splits);
+    FusionConfig::default_as("default").apply(backend);
     Ok(())
 }
 
@@ -547,6 +616,14 @@ fn main() -> Res<()> {
     let quick = args.iter().any(|a| a == "--quick");
     // Only the b1 A/B of the one-row split-K fusions (short device runs).
     let fusion_ab_only = args.iter().any(|a| a == "--fusion-ab-only");
+    // Only the b1 A/B of the RMSNorm fold (round 8).
+    let norm_fold_ab_only = args.iter().any(|a| a == "--norm-fold-ab-only");
+    let ab_only = fusion_ab_only || norm_fold_ab_only;
+    let ab = if norm_fold_ab_only {
+        norm_fold_configs()
+    } else {
+        fusion_configs()
+    };
     if !cuda_available() {
         println!("CUDA is not available on this machine: no benchmark");
         return Ok(());
@@ -560,7 +637,7 @@ fn main() -> Res<()> {
     );
     let mut results = Vec::new();
     let mut table = Vec::new();
-    if !fusion_ab_only {
+    if !ab_only {
         projection_rates(&gpu, &timer, &mut table, &mut results)?;
         gemv_variant_rates(&gpu, &timer, &mut table, &mut results)?;
     }
@@ -600,8 +677,8 @@ fn main() -> Res<()> {
             copy_gbps: ceil.copy_gbps,
             quick,
         };
-        one_row_fusion_ab(&mut backend, &model, &mut table, &mut results)?;
-        if fusion_ab_only {
+        one_row_fusion_ab(&mut backend, &model, &ab, &mut table, &mut results)?;
+        if ab_only {
             continue;
         }
         let bs = backend.kv_layout().block_size;

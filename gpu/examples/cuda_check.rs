@@ -668,6 +668,7 @@ fn check_gemv_wide_model(seed: u64, dtype: CudaDtype, report: &mut Report) -> Re
         CudaDtype::F16 => "wide-random f16",
     };
     check_gemv_model(&mut cuda, name, report)?;
+    check_norm_fold(&mut cuda, name, report)?;
     check_attention_merge(&mut cuda, name, report)
 }
 
@@ -677,54 +678,10 @@ fn check_gemv_wide_model(seed: u64, dtype: CudaDtype, report: &mut Report) -> Re
 /// equal the same padded steps launched eagerly bit for bit (as in `check_graphs`).
 fn check_gemv_model(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> Res<()> {
     let initial = cuda.gemv_variant();
-    let vocab = cuda.config().vocab_size as u32;
-    let prompt: Vec<u32> = (0..21).map(|i| (i * 17 + 5) % vocab).collect();
-    let steps = 20;
-    let table: Vec<u32> = (0..(prompt.len() + steps).div_ceil(cuda.kv_layout().block_size) as u32)
-        .map(|b| b + 40)
-        .collect();
-    let tokens: Vec<[u32; 1]> = (0..steps)
-        .map(|i| [((i * 31 + 7) as u32) % vocab])
-        .collect();
-    let run = |cuda: &mut CudaBackend, mode: GraphMode| -> Res<Vec<Vec<f32>>> {
-        cuda.set_graph_mode(GraphMode::Off);
-        cuda.forward(&[SeqStep {
-            tokens: &prompt,
-            start_pos: 0,
-            block_table: &table,
-            want_logits: true,
-        }])?;
-        cuda.set_graph_mode(mode);
-        let mut all = Vec::new();
-        for (i, token) in tokens.iter().enumerate() {
-            cuda.poison_logits()?;
-            let logits = cuda.forward(&[SeqStep {
-                tokens: token,
-                start_pos: prompt.len() + i,
-                block_table: &table,
-                want_logits: true,
-            }])?;
-            all.push(logits.data);
-        }
-        cuda.set_graph_mode(GraphMode::Off);
-        Ok(all)
-    };
-    let worst = |a: &[Vec<f32>], b: &[Vec<f32>]| -> f64 {
-        if a.len() != b.len() {
-            return f64::NAN;
-        }
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| logits_err(x, y))
-            .fold(0.0, |m, e| if e.is_nan() { f64::NAN } else { m.max(e) })
-    };
-    let differing = |a: &[Vec<f32>], b: &[Vec<f32>]| -> usize {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| differing_bits(x, y))
-            .sum::<usize>()
-            + a.len().abs_diff(b.len())
-    };
+    let steps = TEACHER_FORCED_STEPS;
+    let run = teacher_forced_decode;
+    let worst = worst_logits_err;
+    let differing = differing_steps;
     for fuse in [false, true] {
         cuda.set_fuse_one_row_norms(fuse);
         cuda.set_gemv_variant(GemvVariant::Baseline);
@@ -787,6 +744,212 @@ fn check_gemv_model(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> 
     }
     cuda.set_fuse_one_row_norms(true);
     cuda.set_gemv_variant(initial);
+    Ok(())
+}
+
+/// Decode steps of [`teacher_forced_decode`].
+const TEACHER_FORCED_STEPS: usize = 20;
+
+/// A 21-token prefill (eager), then [`TEACHER_FORCED_STEPS`] teacher-forced one-row decode
+/// steps in graph mode `mode`, logits poisoned before each; returns every step's logits.
+fn teacher_forced_decode(cuda: &mut CudaBackend, mode: GraphMode) -> Res<Vec<Vec<f32>>> {
+    let vocab = cuda.config().vocab_size as u32;
+    let prompt: Vec<u32> = (0..21).map(|i| (i * 17 + 5) % vocab).collect();
+    let steps = TEACHER_FORCED_STEPS;
+    let table: Vec<u32> = (0..(prompt.len() + steps).div_ceil(cuda.kv_layout().block_size) as u32)
+        .map(|b| b + 40)
+        .collect();
+    cuda.set_graph_mode(GraphMode::Off);
+    cuda.forward(&[SeqStep {
+        tokens: &prompt,
+        start_pos: 0,
+        block_table: &table,
+        want_logits: true,
+    }])?;
+    cuda.set_graph_mode(mode);
+    let mut all = Vec::new();
+    for i in 0..steps {
+        cuda.poison_logits()?;
+        let logits = cuda.forward(&[SeqStep {
+            tokens: &[((i * 31 + 7) as u32) % vocab],
+            start_pos: prompt.len() + i,
+            block_table: &table,
+            want_logits: true,
+        }])?;
+        all.push(logits.data);
+    }
+    cuda.set_graph_mode(GraphMode::Off);
+    Ok(all)
+}
+
+/// Worst relative error of one run's logits against another's, step by step (NaN when a
+/// step is missing or unwritten).
+fn worst_logits_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    if a.len() != b.len() {
+        return f64::NAN;
+    }
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| logits_err(x, y))
+        .fold(0.0, worst_of)
+}
+
+/// The larger error, NaN (a missing or unwritten value) winning over any number.
+fn worst_of(worst: f64, e: f64) -> f64 {
+    if worst.is_nan() || e.is_nan() {
+        f64::NAN
+    } else {
+        worst.max(e)
+    }
+}
+
+/// Logits that differ in their bits between two runs, plus missing steps.
+fn differing_steps(a: &[Vec<f32>], b: &[Vec<f32>]) -> usize {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| differing_bits(x, y))
+        .sum::<usize>()
+        + a.len().abs_diff(b.len())
+}
+
+/// Greedy decoding with the norms apart and the RMSNorm fold on, against the CPU backend's
+/// (f32): the logits of every decode step whose input tokens both runs share (random weights
+/// may flip a near-tie, which ends the comparison; none shared is only printed).
+fn check_norm_fold_vs_cpu(
+    cuda: &mut CudaBackend,
+    name: &str,
+    prompt: &[u32],
+    cpu_tokens: &[u32],
+    cpu_logits: &[Vec<f32>],
+    report: &mut Report,
+) -> Res<()> {
+    cuda.set_fuse_one_row_norms(false);
+    cuda.set_fold_one_row_rms_norm(true);
+    let applied = cuda.one_row_rms_norm_folded(1);
+    let generated = generate(cuda, prompt, cpu_tokens.len());
+    cuda.set_fold_one_row_rms_norm(CudaOptions::default().fold_one_row_rms_norm);
+    cuda.set_fuse_one_row_norms(true);
+    let (tokens, logits) = generated?;
+    if !applied {
+        report.add(
+            &format!("{name} rms_norm folded decode vs cpu"),
+            "the fold did not apply".into(),
+            f64::NAN,
+            0.0,
+        );
+        return Ok(());
+    }
+    let shared = tokens
+        .iter()
+        .zip(cpu_tokens)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .min(cpu_tokens.len().saturating_sub(1));
+    if shared == 0 {
+        println!(
+            "    {name} rms_norm folded vs cpu: no decode step on shared tokens (informational)"
+        );
+        return Ok(());
+    }
+    // Step s decodes token s - 1, so steps 1..=shared saw the same tokens on both backends.
+    let worst = (1..=shared)
+        .map(|s| logits_err(&logits[s], &cpu_logits[s]))
+        .fold(0.0, worst_of);
+    report.add(
+        &format!("{name} rms_norm folded decode vs cpu"),
+        format!("{shared} decode steps, norms apart"),
+        worst,
+        1e-2,
+    );
+    Ok(())
+}
+
+/// RMSNorm folded into the one-row split-K projections (round 8), on a model with the norms
+/// apart (so every layer's norms go through the fold): against the two-kernel path (only the
+/// order of the sum of squares differs: logits within 1e-2, greedy tokens identical), with
+/// the SwiGLU/rope folds on and off (the fold then feeds the plain split-K kernel); graphs =
+/// padded eager and PDL on = off, bit for bit, with the fold on.
+fn check_norm_fold(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> Res<()> {
+    let steps = TEACHER_FORCED_STEPS;
+    let initial_pdl = cuda.programmatic_launch();
+    cuda.set_fuse_one_row_norms(false);
+    cuda.set_gemv_variant(GemvVariant::SplitK);
+    let greedy = |run: &[Vec<f32>]| run.iter().map(|l| argmax(l)).collect::<Vec<_>>();
+    for (what, folds) in [("folds on", true), ("folds off", false)] {
+        cuda.set_fuse_one_row_swiglu(folds);
+        cuda.set_fuse_one_row_rope(folds);
+        cuda.set_fold_one_row_rms_norm(false);
+        let apart = teacher_forced_decode(cuda, GraphMode::Off)?;
+        cuda.set_fold_one_row_rms_norm(true);
+        let folded = teacher_forced_decode(cuda, GraphMode::Off)?;
+        report.add(
+            &format!("{name} rms_norm folded vs kernel"),
+            format!("{steps} decode steps, swiglu/rope {what}"),
+            // A fold that did not apply would compare the kernel path with itself.
+            if cuda.one_row_rms_norm_folded(1) {
+                worst_logits_err(&folded, &apart)
+            } else {
+                f64::NAN
+            },
+            // The model tolerance; measured values are far below (round 8).
+            1e-2,
+        );
+        let flips = greedy(&folded)
+            .iter()
+            .zip(greedy(&apart))
+            .filter(|(a, b)| **a != *b)
+            .count();
+        report.add(
+            &format!("{name} rms_norm folded greedy tokens"),
+            format!("{steps} decode steps, swiglu/rope {what}: differing"),
+            if folded.len() == apart.len() {
+                flips as f64
+            } else {
+                f64::NAN
+            },
+            0.0,
+        );
+        let padded = teacher_forced_decode(cuda, GraphMode::PaddedEager)?;
+        let before = cuda.graph_stats();
+        let graphs = teacher_forced_decode(cuda, GraphMode::On)?;
+        let after = cuda.graph_stats();
+        let (replays, failed) = (
+            after.replayed - before.replayed,
+            after.failed - before.failed,
+        );
+        report.add(
+            &format!("{name} rms_norm folded graphs = padded eager"),
+            format!("{steps} steps, swiglu/rope {what}, {replays} replays: differing"),
+            if failed == 0 && replays + 4 >= steps {
+                differing_steps(&graphs, &padded) as f64
+            } else {
+                f64::NAN
+            },
+            0.0,
+        );
+        if cuda.set_programmatic_launch(!initial_pdl) != initial_pdl {
+            let other_eager = teacher_forced_decode(cuda, GraphMode::Off)?;
+            let other_graphs = teacher_forced_decode(cuda, GraphMode::On)?;
+            for (mode, a, b) in [
+                ("eager", &other_eager, &folded),
+                ("graphs", &other_graphs, &graphs),
+            ] {
+                report.add(
+                    &format!("{name} rms_norm folded pdl on = off"),
+                    format!("{steps} steps, {mode}, swiglu/rope {what}: differing"),
+                    differing_steps(a, b) as f64,
+                    0.0,
+                );
+            }
+        }
+        cuda.set_programmatic_launch(initial_pdl);
+    }
+    let defaults = CudaOptions::default();
+    cuda.set_fold_one_row_rms_norm(defaults.fold_one_row_rms_norm);
+    cuda.set_fuse_one_row_swiglu(defaults.fuse_one_row_swiglu);
+    cuda.set_fuse_one_row_rope(defaults.fuse_one_row_rope);
+    cuda.set_gemv_variant(defaults.gemv_variant);
+    cuda.set_fuse_one_row_norms(true);
     Ok(())
 }
 
@@ -1285,6 +1448,9 @@ fn check_model(
             first,
             1e-2,
         );
+        if i == 0 {
+            check_norm_fold_vs_cpu(&mut cuda, name, prompt, &cpu_tokens, &cpu_logits, report)?;
+        }
         let (_, rounded_logits) = generate(&mut cpu_rounded, prompt, 1)?;
         report.add(
             &format!("{name} prompt{i} logits vs cpu"),
@@ -1411,6 +1577,7 @@ fn check_model(
     check_graphs(&mut cuda, name, report)?;
     check_programmatic_launch(&mut cuda, name, report)?;
     check_gemv_model(&mut cuda, name, report)?;
+    check_norm_fold(&mut cuda, name, report)?;
     check_attention_merge(&mut cuda, name, report)?;
     // KV export/import: copy sequence 0's blocks to fresh ids, decode from the copy.
     let mut bytes = Vec::new();

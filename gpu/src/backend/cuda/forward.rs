@@ -3,7 +3,9 @@
 //! straight into the residual (cuBLAS beta = 1), which is the "add" of each residual block.
 
 use super::gemm::OutType;
-use super::gemv::{GemvVariant, QkvRope};
+use super::gemv::{
+    residual_ss_partials, GemvInput, GemvVariant, NormedInput, QkvRope, NORM_FOLD_MAX_HIDDEN,
+};
 use super::graphs::{DecodeGraphs, DecodeKey, GraphMode, Next};
 use super::kernels::{Arg, DECODE_THREADS, DECODE_TILE, NULL, PREFILL_THREADS};
 use super::plan::{validate, Limits};
@@ -179,7 +181,28 @@ impl CudaBackend {
         )?;
         // One-row steps fold each norm into the projection after it (see skinny_gemm.cu).
         let fuse_norms = rows == 1 && self.fuse_norms && self.opts.skinny_gemm_max_rows >= 1;
+        let fold_norms = self.fold_one_row_rms_norm(rows, num_splits, fuse_norms);
+        // The folded norm's input: the residual as the previous o_proj/down left it, with that
+        // projection's partial sums of squares.
+        let normed_input = |norm_w: u64, writer_inn: usize| NormedInput {
+            res: s.hidden.ptr(),
+            norm_w,
+            ss_partials: s.ss_partials.ptr(),
+            num_partials: residual_ss_partials(writer_inn, h),
+            eps: c.rms_norm_eps,
+        };
+        let last_layer = self.weights.layers.len().saturating_sub(1);
         for (li, layer) in self.weights.layers.iter().enumerate() {
+            let attn_input: GemvInput = if fold_norms && li > 0 {
+                normed_input(layer.attn_norm.ptr(), inter).into()
+            } else {
+                s.normed.ptr().into()
+            };
+            let ffn_input: GemvInput = if fold_norms {
+                normed_input(layer.ffn_norm.ptr(), q_dim).into()
+            } else {
+                s.normed.ptr().into()
+            };
             let li = li as i32;
             let rope_done = if fuse_norms && k.fused_norm_fits(h, layer.qkv.ptr()) {
                 k.skinny_norm_gemm(
@@ -195,7 +218,9 @@ impl CudaBackend {
                 )?;
                 false
             } else {
-                rms_norm(rows, NULL, layer.attn_norm.ptr(), s.normed.ptr())?;
+                if let GemvInput::Plain(_) = attn_input {
+                    rms_norm(rows, NULL, layer.attn_norm.ptr(), s.normed.ptr())?;
+                }
                 let rope = QkvRope {
                     bias: layer.qkv_bias.as_ref().map_or(0, |b| b.ptr()),
                     positions: meta + (p.positions_at * 4) as u64,
@@ -211,18 +236,29 @@ impl CudaBackend {
                     block_size: self.opts.block_size,
                 };
                 let fused = (self.one_row_folds(rows, num_splits) && self.opts.fuse_one_row_rope)
-                    .then(|| k.gemv_qkv_rope(&rope, s.normed.ptr(), layer.qkv.ptr()))
+                    .then(|| k.gemv_qkv_rope(&rope, attn_input, layer.qkv.ptr()))
                     .flatten();
-                match fused {
-                    Some(done) => {
+                match (fused, attn_input) {
+                    (Some(done), _) => {
                         done?;
                         true
                     }
-                    None => {
+                    (None, GemvInput::Normed(input)) => {
+                        folded(k.gemv_split_k_norm(
+                            s.qkv.ptr(),
+                            true,
+                            &input,
+                            layer.qkv.ptr(),
+                            h,
+                            qkv_w,
+                        ))?;
+                        false
+                    }
+                    (None, GemvInput::Plain(x)) => {
                         self.linear(
                             s.qkv.ptr(),
                             OutType::F32,
-                            s.normed.ptr(),
+                            x,
                             layer.qkv.ptr(),
                             rows,
                             h,
@@ -331,16 +367,27 @@ impl CudaBackend {
                     ],
                 )?;
             }
-            self.linear(
-                s.hidden.ptr(),
-                OutType::F32,
-                s.attn.ptr(),
-                layer.wo.ptr(),
-                rows,
-                q_dim,
-                h,
-                true,
-            )?;
+            if fold_norms {
+                folded(k.gemv_split_k_residual_ss(
+                    s.hidden.ptr(),
+                    s.attn.ptr(),
+                    layer.wo.ptr(),
+                    q_dim,
+                    h,
+                    s.ss_partials.ptr(),
+                ))?;
+            } else {
+                self.linear(
+                    s.hidden.ptr(),
+                    OutType::F32,
+                    s.attn.ptr(),
+                    layer.wo.ptr(),
+                    rows,
+                    q_dim,
+                    h,
+                    true,
+                )?;
+            }
             if fuse_norms && k.fused_norm_fits(h, layer.gate_up.ptr()) {
                 k.skinny_norm_gate_up_swiglu(
                     s.act.ptr(),
@@ -352,19 +399,33 @@ impl CudaBackend {
                     c.rms_norm_eps,
                 )?;
             } else {
-                rms_norm(rows, NULL, layer.ffn_norm.ptr(), s.normed.ptr())?;
-                self.gate_up_swiglu(rows, num_splits, layer.gate_up.ptr())?;
+                if let GemvInput::Plain(_) = ffn_input {
+                    rms_norm(rows, NULL, layer.ffn_norm.ptr(), s.normed.ptr())?;
+                }
+                self.gate_up_swiglu(rows, num_splits, layer.gate_up.ptr(), ffn_input)?;
             }
-            self.linear(
-                s.hidden.ptr(),
-                OutType::F32,
-                s.act.ptr(),
-                layer.down.ptr(),
-                rows,
-                inter,
-                h,
-                true,
-            )?;
+            // The last layer's residual goes to the final norm, which stays a kernel.
+            if fold_norms && li as usize != last_layer {
+                folded(k.gemv_split_k_residual_ss(
+                    s.hidden.ptr(),
+                    s.act.ptr(),
+                    layer.down.ptr(),
+                    inter,
+                    h,
+                    s.ss_partials.ptr(),
+                ))?;
+            } else {
+                self.linear(
+                    s.hidden.ptr(),
+                    OutType::F32,
+                    s.act.ptr(),
+                    layer.down.ptr(),
+                    rows,
+                    inter,
+                    h,
+                    true,
+                )?;
+            }
         }
         if p.logit_rows > 0 {
             rms_norm(
@@ -404,34 +465,73 @@ impl CudaBackend {
         self.one_row_split_k(rows) && num_splits <= self.opts.one_row_fold_max_splits
     }
 
-    /// `act = SwiGLU(normed · gate_upᵀ)` for `rows` rows: one split-K kernel for a one-row
-    /// step served by the split-K GEMV, else the projection into `gate_up` and the `swiglu`
-    /// kernel.
+    /// Whether this step folds its per-layer RMSNorms into the split-K projections
+    /// (`CudaOptions::fold_one_row_rms_norm`): a one-row split-K step without fused norms, with
+    /// at most `rms_norm_fold_max_splits` attention splits, whose every projection the split-K
+    /// kernels can serve, so that no link of the chain of partial sums of squares falls back
+    /// to another kernel.
+    pub(super) fn fold_one_row_rms_norm(
+        &self,
+        rows: usize,
+        num_splits: usize,
+        fuse_norms: bool,
+    ) -> bool {
+        let (c, k) = (&self.config, &self.kernels);
+        let h = c.hidden_size;
+        if !self.opts.fold_one_row_rms_norm
+            || num_splits > self.opts.rms_norm_fold_max_splits
+            || !self.one_row_split_k(rows)
+            || !h.is_multiple_of(8)
+            || h > NORM_FOLD_MAX_HIDDEN
+            || !self.scratch.hidden.ptr().is_multiple_of(16)
+        {
+            return false;
+        }
+        self.weights.layers.iter().all(|l| {
+            let fused = |w: u64| fuse_norms && k.fused_norm_fits(h, w);
+            !fused(l.qkv.ptr())
+                && !fused(l.gate_up.ptr())
+                && [l.qkv.ptr(), l.gate_up.ptr(), l.wo.ptr(), l.down.ptr()]
+                    .iter()
+                    .all(|w| w.is_multiple_of(16))
+                && l.attn_norm.ptr().is_multiple_of(16)
+                && l.ffn_norm.ptr().is_multiple_of(16)
+                && (c.num_heads * c.head_dim).is_multiple_of(8)
+                && c.intermediate_size.is_multiple_of(8)
+        })
+    }
+
+    /// `act = SwiGLU(x · gate_upᵀ)` for `rows` rows: one split-K kernel for a one-row step
+    /// served by the split-K GEMV, else the projection into `gate_up` and the `swiglu` kernel.
     fn gate_up_swiglu(
         &self,
         rows: usize,
         num_splits: usize,
         gate_up: u64,
+        x: GemvInput,
     ) -> Result<(), BackendError> {
         let (s, k) = (&self.scratch, &self.kernels);
         let (h, inter) = (self.config.hidden_size, self.config.intermediate_size);
         if self.one_row_folds(rows, num_splits) && self.opts.fuse_one_row_swiglu {
-            if let Some(done) =
-                k.gemv_gate_up_swiglu(s.act.ptr(), s.normed.ptr(), gate_up, h, inter)
-            {
+            if let Some(done) = k.gemv_gate_up_swiglu(s.act.ptr(), x, gate_up, h, inter) {
                 return done;
             }
         }
-        self.linear(
-            s.gate_up.ptr(),
-            OutType::Half,
-            s.normed.ptr(),
-            gate_up,
-            rows,
-            h,
-            2 * inter,
-            false,
-        )?;
+        match x {
+            GemvInput::Normed(input) => {
+                folded(k.gemv_split_k_norm(s.gate_up.ptr(), false, &input, gate_up, h, 2 * inter))?
+            }
+            GemvInput::Plain(x) => self.linear(
+                s.gate_up.ptr(),
+                OutType::Half,
+                x,
+                gate_up,
+                rows,
+                h,
+                2 * inter,
+                false,
+            )?,
+        }
         let total = rows * inter;
         k.launch(
             &k.swiglu,
@@ -445,6 +545,17 @@ impl CudaBackend {
             ],
         )
     }
+}
+
+/// A launch of the folded-norm chain: `fold_one_row_rms_norm` checked every shape first, so a
+/// kernel that still refuses one is a bug, not a reason to fall back (the chain of partial sums
+/// of squares would break).
+fn folded(launch: Option<Result<(), BackendError>>) -> Result<(), BackendError> {
+    launch.unwrap_or_else(|| {
+        Err(BackendError::Device(
+            "a folded-RMSNorm projection refused a shape its check accepted".into(),
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::CudaFunction;
 
 use super::kernels::{Arg, Kernels, SKINNY_WARPS};
 use crate::backend::BackendError;
@@ -125,6 +126,85 @@ pub fn gate_up_swiglu_splits(inn: usize) -> usize {
     split_k_splits(inn).min(SKINNY_WARPS / 2)
 }
 
+/// Widest row the folded RMSNorm stages in shared memory (`NORM_FOLD_MAX_WIDTH` in
+/// `kernels/gemv.cu`).
+pub const NORM_FOLD_MAX_HIDDEN: usize = 8192;
+
+/// The input row of a split-K projection: a 16-bit vector, or RMSNorm of the f32 residual
+/// formed on the fly (docs/cuda-notes.md round 8).
+#[derive(Clone, Copy, Debug)]
+pub enum GemvInput {
+    Plain(CUdeviceptr),
+    Normed(NormedInput),
+}
+
+/// `x[i] = to_16bit(res[i] * scale * norm_w[i])` with `scale = 1 / sqrt(ss / n + eps)`, `ss`
+/// the sum of the `num_partials` per-CTA partial sums of squares that
+/// [`Kernels::gemv_split_k_residual_ss`] left at `ss_partials` (added in a fixed order).
+#[derive(Clone, Copy, Debug)]
+pub struct NormedInput {
+    pub res: CUdeviceptr,
+    pub norm_w: CUdeviceptr,
+    pub ss_partials: CUdeviceptr,
+    pub num_partials: usize,
+    pub eps: f32,
+}
+
+impl From<CUdeviceptr> for GemvInput {
+    fn from(x: CUdeviceptr) -> Self {
+        GemvInput::Plain(x)
+    }
+}
+
+impl From<NormedInput> for GemvInput {
+    fn from(input: NormedInput) -> Self {
+        GemvInput::Normed(input)
+    }
+}
+
+impl GemvInput {
+    /// Whether the kernels can read it as a row of `inn` values: 16-byte aligned, and a
+    /// normalised row fits the shared memory it is staged in.
+    fn fits(&self, inn: usize) -> bool {
+        match self {
+            GemvInput::Plain(x) => x.is_multiple_of(16),
+            GemvInput::Normed(n) => {
+                n.res.is_multiple_of(16)
+                    && n.norm_w.is_multiple_of(16)
+                    && inn <= NORM_FOLD_MAX_HIDDEN
+                    && n.num_partials <= i32::MAX as usize
+            }
+        }
+    }
+
+    /// The kernel's leading arguments after the weights, and which of the two kernels reads it.
+    fn args<'f>(
+        &self,
+        plain: &'f CudaFunction,
+        normed: &'f CudaFunction,
+    ) -> (&'f CudaFunction, Vec<Arg>) {
+        match *self {
+            GemvInput::Plain(x) => (plain, vec![Arg::Ptr(x)]),
+            GemvInput::Normed(n) => (
+                normed,
+                vec![
+                    Arg::Ptr(n.res),
+                    Arg::Ptr(n.norm_w),
+                    Arg::Ptr(n.ss_partials),
+                    Arg::I32(n.num_partials as i32),
+                    Arg::F32(n.eps),
+                ],
+            ),
+        }
+    }
+}
+
+/// CTAs of [`Kernels::gemv_split_k_residual_ss`] for `[out, inn]`: the number of partial sums
+/// of squares it leaves.
+pub fn residual_ss_partials(inn: usize, out: usize) -> usize {
+    out.div_ceil(SKINNY_WARPS / split_k_splits(inn))
+}
+
 /// Where [`Kernels::gemv_qkv_rope`] reads and writes, besides the input row and the weights
 /// (device pointers; `bias` 0 when the model has no QKV bias).
 #[derive(Clone, Copy, Debug)]
@@ -239,14 +319,15 @@ impl Kernels {
     pub fn gemv_qkv_rope(
         &self,
         qkv_rope: &QkvRope,
-        x: CUdeviceptr,
+        x: impl Into<GemvInput>,
         w: CUdeviceptr,
     ) -> Option<Result<(), BackendError>> {
         let q = qkv_rope;
+        let x = x.into();
         let out = (q.num_heads + 2 * q.num_kv_heads) * self.head_dim;
         if q.inn == 0
             || !q.inn.is_multiple_of(8)
-            || !x.is_multiple_of(16)
+            || !x.fits(q.inn)
             || !w.is_multiple_of(16)
             || q.inn > i32::MAX as usize
             || out > i32::MAX as usize
@@ -255,28 +336,37 @@ impl Kernels {
         }
         let splits = gate_up_swiglu_splits(q.inn);
         let pairs_per_cta = SKINNY_WARPS / (2 * splits);
-        Some(self.launch(
+        let (kernel, input) = x.args(
             &self.gemv_qkv_rope_split_k,
-            ((out / 2).div_ceil(pairs_per_cta) as u32, 1, 1),
-            (SKINNY_WARPS * 32) as u32,
-            &[
-                Arg::Ptr(w),
-                Arg::Ptr(x),
-                Arg::Ptr(q.bias),
-                Arg::Ptr(q.positions),
-                Arg::Ptr(q.slots),
-                Arg::Ptr(q.inv_freq),
-                Arg::Ptr(q.q_out),
-                Arg::Ptr(q.cache),
-                Arg::I32(q.inn as i32),
-                Arg::I32(splits as i32),
-                Arg::I32(q.layer as i32),
-                Arg::I32(q.num_layers as i32),
-                Arg::I32(q.num_heads as i32),
-                Arg::I32(q.num_kv_heads as i32),
-                Arg::I32(q.block_size as i32),
-            ],
-        ))
+            &self.gemv_qkv_rope_split_k_norm,
+        );
+        Some(
+            self.launch(
+                kernel,
+                ((out / 2).div_ceil(pairs_per_cta) as u32, 1, 1),
+                (SKINNY_WARPS * 32) as u32,
+                &[
+                    &[Arg::Ptr(w)],
+                    &input[..],
+                    &[
+                        Arg::Ptr(q.bias),
+                        Arg::Ptr(q.positions),
+                        Arg::Ptr(q.slots),
+                        Arg::Ptr(q.inv_freq),
+                        Arg::Ptr(q.q_out),
+                        Arg::Ptr(q.cache),
+                        Arg::I32(q.inn as i32),
+                        Arg::I32(splits as i32),
+                        Arg::I32(q.layer as i32),
+                        Arg::I32(q.num_layers as i32),
+                        Arg::I32(q.num_heads as i32),
+                        Arg::I32(q.num_kv_heads as i32),
+                        Arg::I32(q.block_size as i32),
+                    ],
+                ]
+                .concat(),
+            ),
+        )
     }
 
     /// `act[inter] = SwiGLU(x[inn] · gate_up[2 inter, inn]ᵀ)` for one row in one split-K
@@ -287,15 +377,16 @@ impl Kernels {
     pub fn gemv_gate_up_swiglu(
         &self,
         act: CUdeviceptr,
-        x: CUdeviceptr,
+        x: impl Into<GemvInput>,
         gate_up: CUdeviceptr,
         inn: usize,
         inter: usize,
     ) -> Option<Result<(), BackendError>> {
+        let x = x.into();
         if inn == 0
             || inter == 0
             || !inn.is_multiple_of(8)
-            || !x.is_multiple_of(16)
+            || !x.fits(inn)
             || !gate_up.is_multiple_of(16)
             || inn > i32::MAX as usize
             || 2 * inter > i32::MAX as usize
@@ -304,25 +395,126 @@ impl Kernels {
         }
         let splits = gate_up_swiglu_splits(inn);
         let features_per_cta = SKINNY_WARPS / (2 * splits);
-        Some(self.launch(
+        let (kernel, input) = x.args(
             &self.gemv_gate_up_swiglu_split_k,
-            (inter.div_ceil(features_per_cta) as u32, 1, 1),
+            &self.gemv_gate_up_swiglu_split_k_norm,
+        );
+        Some(
+            self.launch(
+                kernel,
+                (inter.div_ceil(features_per_cta) as u32, 1, 1),
+                (SKINNY_WARPS * 32) as u32,
+                &[
+                    &[Arg::Ptr(gate_up)],
+                    &input[..],
+                    &[
+                        Arg::Ptr(act),
+                        Arg::I32(inn as i32),
+                        Arg::I32(inter as i32),
+                        Arg::I32(splits as i32),
+                    ],
+                ]
+                .concat(),
+            ),
+        )
+    }
+
+    /// `y[out] += x · wᵀ` (f32 residual, split-K) leaving one partial sum of squares of the new
+    /// `y` per CTA at `ss_partials` ([`residual_ss_partials`] of them). None where the split-K
+    /// GEMV cannot serve the shape.
+    pub fn gemv_split_k_residual_ss(
+        &self,
+        y: CUdeviceptr,
+        x: CUdeviceptr,
+        w: CUdeviceptr,
+        inn: usize,
+        out: usize,
+        ss_partials: CUdeviceptr,
+    ) -> Option<Result<(), BackendError>> {
+        if !split_k_fits(inn, out, x, w) {
+            return None;
+        }
+        let splits = split_k_splits(inn);
+        Some(self.launch(
+            &self.gemv_split_k_residual_ss,
+            (residual_ss_partials(inn, out) as u32, 1, 1),
             (SKINNY_WARPS * 32) as u32,
             &[
-                Arg::Ptr(gate_up),
+                Arg::Ptr(w),
                 Arg::Ptr(x),
-                Arg::Ptr(act),
+                Arg::Ptr(y),
                 Arg::I32(inn as i32),
-                Arg::I32(inter as i32),
+                Arg::I32(out as i32),
                 Arg::I32(splits as i32),
+                Arg::Ptr(ss_partials),
+            ],
+        ))
+    }
+
+    /// `y[out] = RMSNorm(res) · wᵀ` (split-K; `y` f32 or 16-bit) with the norm formed on the
+    /// fly from `input`. None where the split-K GEMV cannot serve the shape.
+    pub fn gemv_split_k_norm(
+        &self,
+        y: CUdeviceptr,
+        y_f32: bool,
+        input: &NormedInput,
+        w: CUdeviceptr,
+        inn: usize,
+        out: usize,
+    ) -> Option<Result<(), BackendError>> {
+        if !split_k_fits(inn, out, input.res, w) || !GemvInput::Normed(*input).fits(inn) {
+            return None;
+        }
+        let splits = split_k_splits(inn);
+        Some(self.launch(
+            &self.gemv_split_k_norm,
+            (out.div_ceil(SKINNY_WARPS / splits) as u32, 1, 1),
+            (SKINNY_WARPS * 32) as u32,
+            &[
+                Arg::Ptr(w),
+                Arg::Ptr(input.res),
+                Arg::Ptr(input.norm_w),
+                Arg::Ptr(input.ss_partials),
+                Arg::I32(input.num_partials as i32),
+                Arg::F32(input.eps),
+                Arg::Ptr(y),
+                Arg::I32(inn as i32),
+                Arg::I32(out as i32),
+                Arg::I32(splits as i32),
+                Arg::I32(y_f32 as i32),
             ],
         ))
     }
 }
 
+/// The split-K GEMV's requirements: 8-element rows, 16-byte aligned input and weights, i32
+/// sizes.
+fn split_k_fits(inn: usize, out: usize, x: CUdeviceptr, w: CUdeviceptr) -> bool {
+    inn > 0
+        && out > 0
+        && inn.is_multiple_of(8)
+        && x.is_multiple_of(16)
+        && w.is_multiple_of(16)
+        && inn <= i32::MAX as usize
+        && out <= i32::MAX as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn residual_partials_fit_one_slot_per_residual_value() {
+        // 8B: o_proj (in 4096) has 4 rows per CTA, down (in 14336) one.
+        assert_eq!(residual_ss_partials(4096, 4096), 1024);
+        assert_eq!(residual_ss_partials(14336, 4096), 4096);
+        // The partials buffer holds one float per residual value: never more CTAs than rows.
+        for inn in [8, 256, 576, 2048, 4096, 8192, 14336, 28672] {
+            for out in [1, 3, 576, 4096, 8191] {
+                assert!(residual_ss_partials(inn, out) <= out, "in {inn} out {out}");
+            }
+        }
+    }
 
     #[test]
     fn variant_names_round_trip_and_unknown_names_are_refused() {

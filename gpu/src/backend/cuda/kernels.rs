@@ -106,6 +106,13 @@ pub struct Kernels {
     pub gemv_gate_up_swiglu_split_k: CudaFunction,
     /// Split-K QKV projection with rope and the K/V cache write folded in (same steps).
     pub gemv_qkv_rope_split_k: CudaFunction,
+    /// RMSNorm folded into one-row split-K projections (docs/cuda-notes.md round 8): the
+    /// residual writer leaving per-CTA sums of squares, and the three readers that normalise
+    /// their input on the fly.
+    pub gemv_split_k_residual_ss: CudaFunction,
+    pub gemv_split_k_norm: CudaFunction,
+    pub gemv_gate_up_swiglu_split_k_norm: CudaFunction,
+    pub gemv_qkv_rope_split_k_norm: CudaFunction,
     pub head_dim: usize,
     pub group: usize,
 }
@@ -192,6 +199,10 @@ impl Kernels {
             gemv_persistent: f("gemv_persistent")?,
             gemv_gate_up_swiglu_split_k: f("gemv_gate_up_swiglu_split_k")?,
             gemv_qkv_rope_split_k: f("gemv_qkv_rope_split_k")?,
+            gemv_split_k_residual_ss: f("gemv_split_k_residual_ss")?,
+            gemv_split_k_norm: f("gemv_split_k_norm")?,
+            gemv_gate_up_swiglu_split_k_norm: f("gemv_gate_up_swiglu_split_k_norm")?,
+            gemv_qkv_rope_split_k_norm: f("gemv_qkv_rope_split_k_norm")?,
             gemv_variant: AtomicU8::new(GemvVariant::default().to_index()),
             _module: module,
             programmatic: AtomicBool::new(false),

@@ -118,6 +118,21 @@ pub struct CudaOptions {
     /// (32). Default 16; [`CudaBackend::set_one_row_fold_max_splits`] overrides (`usize::MAX`:
     /// always).
     pub one_row_fold_max_splits: usize,
+    /// One-row split-K steps whose norms are not fused (hidden size above
+    /// [`FUSED_NORMS_MAX_HIDDEN`], or norms apart) drop the per-layer `rms_norm` kernels
+    /// after layer 0's input norm: o_proj and down leave one partial sum of squares of the new
+    /// residual per CTA, and the next projection (QKV, gate/up, either fold or plain split-K)
+    /// adds them in a fixed order and normalises the row once per CTA into shared memory.
+    /// Deterministic; differs from the two-kernel path only in the order of the sum of squares.
+    /// Default off: one run measured it 0.05 ms faster at 8B ctx512, a second run equal
+    /// (docs/cuda-notes.md round 8), so the simpler two-kernel path stays the default; within
+    /// `rms_norm_fold_max_splits` when on. [`CudaBackend::set_fold_one_row_rms_norm`] overrides.
+    pub fold_one_row_rms_norm: bool,
+    /// The RMSNorm fold applies only to steps whose decode attention is cut into at most this
+    /// many context splits: at 8B b1 it gains 0.05 ms at ctx512 (8 splits) and loses 0.21 ms
+    /// at ctx2048 (32); 16 splits were not measured. Default 8;
+    /// [`CudaBackend::set_rms_norm_fold_max_splits`] overrides (`usize::MAX`: always).
+    pub rms_norm_fold_max_splits: usize,
 }
 
 impl Default for CudaOptions {
@@ -143,6 +158,8 @@ impl Default for CudaOptions {
             fuse_attention_merge: false,
             decode_ctas_per_sm: 4,
             one_row_fold_max_splits: 16,
+            fold_one_row_rms_norm: false,
+            rms_norm_fold_max_splits: 8,
         }
     }
 }
@@ -174,6 +191,9 @@ struct Scratch {
     /// One counter per (layer, sequence, kv head) for the in-kernel merge of decode attention;
     /// zero between kernels (the merging CTA resets its counter).
     split_counts: DeviceBuffer,
+    /// Per-CTA partial sums of squares of the residual for the folded RMSNorm (one-row steps:
+    /// at most one CTA per residual value).
+    ss_partials: DeviceBuffer,
     inv_freq: DeviceBuffer,
     meta: Option<DeviceBuffer>,
 }
@@ -386,6 +406,7 @@ impl CudaBackend {
                 buf.write(&counts)?;
                 buf
             },
+            ss_partials: gpu.alloc(h * 4, "residual sum-of-squares partials")?,
             inv_freq: inv_freq_buf,
             meta: None,
         })
@@ -463,6 +484,31 @@ impl CudaBackend {
     pub fn set_fuse_one_row_rope(&mut self, fuse: bool) {
         self.opts.fuse_one_row_rope = fuse;
         self.graphs.clear();
+    }
+
+    /// Turns the RMSNorm fold of one-row split-K steps on or off (checks and benchmarks compare
+    /// both). Captured graphs hold the old choice, so they are dropped.
+    pub fn set_fold_one_row_rms_norm(&mut self, fold: bool) {
+        self.opts.fold_one_row_rms_norm = fold;
+        self.graphs.clear();
+    }
+
+    /// Changes the most decode-attention splits with which one-row steps fold their RMSNorms
+    /// (benchmarks compare settings). Captured graphs hold the old choice, so they are dropped.
+    pub fn set_rms_norm_fold_max_splits(&mut self, max_splits: usize) {
+        self.opts.rms_norm_fold_max_splits = max_splits;
+        self.graphs.clear();
+    }
+
+    /// Whether a one-row decode step whose attention is cut into `attention_splits` context
+    /// splits would run with its RMSNorms folded into the split-K projections now (the option
+    /// is on and the model and settings allow it).
+    pub fn one_row_rms_norm_folded(&self, attention_splits: usize) -> bool {
+        self.fold_one_row_rms_norm(
+            1,
+            attention_splits,
+            self.fuse_norms && self.opts.skinny_gemm_max_rows >= 1,
+        )
     }
 
     /// Turns the in-kernel merge of split decode attention on or off (checks and benchmarks

@@ -17,9 +17,59 @@ __device__ __forceinline__ uint4 load_chunk(const u16* row, int c, int inn, int 
     return e < inn ? load_stream(row + e) : make_uint4(0, 0, 0, 0);
 }
 
-__device__ __forceinline__ float dot_chunk(uint4 wv, const u16* __restrict__ x, int c, int inn, int lane) {
+// Where a split-K kernel reads its 16-bit input row x. `prepare` runs in every thread right
+// after pdl_wait(), before the first `at`; `at(e)` gives the 8 values x[e .. e + 8).
+struct PlainX {
+    const u16* __restrict__ x;
+    __device__ __forceinline__ void prepare() {}
+    __device__ __forceinline__ uint4 at(int e) const { return *(const uint4*)(x + e); }
+};
+
+// RMSNorm folded into the projection (one-row steps, docs/cuda-notes.md round 8): x is
+// to_16bit(res[i] * scale * norm_w[i]), rms_norm's expression, with scale from the sum of the
+// per-CTA partial sums of squares that the projection which wrote `res` left in `partials`.
+// Every CTA adds them in the same fixed order, so all CTAs get the same scale; the x values
+// equal rms_norm's whenever that sum does (only its order differs from rms_norm's). Each CTA
+// normalises the whole row once into shared memory (its warps' slices cover the row), so the
+// f32 residual and norm weights are read once per CTA and the dot products read 16-bit values
+// as from the two-kernel path's output.
+#define NORM_FOLD_MAX_WIDTH 8192
+struct NormedX {
+    const float* __restrict__ res;
+    const float* __restrict__ norm_w;
+    const float* __restrict__ partials;
+    int num_partials, width;
+    float eps;
+    const u16* row;
+    __device__ __forceinline__ void prepare() {
+        __shared__ __align__(16) u16 normed[NORM_FOLD_MAX_WIDTH];
+        float ss = 0.0f;
+#pragma unroll 4
+        for (int i = threadIdx.x; i < num_partials; i += blockDim.x) ss += partials[i];
+        ss = block_sum(ss);
+        const float scale = 1.0f / sqrtf(ss / (float)width + eps);
+        for (int e = threadIdx.x * 8; e < width; e += blockDim.x * 8) {
+            const float4 r0 = *(const float4*)(res + e), r1 = *(const float4*)(res + e + 4);
+            const float4 g0 = *(const float4*)(norm_w + e), g1 = *(const float4*)(norm_w + e + 4);
+            *(uint4*)(normed + e) = make_uint4(pack2(r0.x * scale * g0.x, r0.y * scale * g0.y),
+                                               pack2(r0.z * scale * g0.z, r0.w * scale * g0.w),
+                                               pack2(r1.x * scale * g1.x, r1.y * scale * g1.y),
+                                               pack2(r1.z * scale * g1.z, r1.w * scale * g1.w));
+        }
+        __syncthreads();
+        row = normed;
+    }
+    __device__ __forceinline__ uint4 at(int e) const { return *(const uint4*)(row + e); }
+};
+
+template <typename X>
+__device__ __forceinline__ float dot_chunk(uint4 wv, const X& xs, int c, int inn, int lane) {
     const int e = c * 256 + lane * 8;
-    return e < inn ? dot8(wv, *(const uint4*)(x + e)) : 0.0f;
+    return e < inn ? dot8(wv, xs.at(e)) : 0.0f;
+}
+
+__device__ __forceinline__ float dot_chunk(uint4 wv, const u16* __restrict__ x, int c, int inn, int lane) {
+    return dot_chunk(wv, PlainX{x}, c, inn, lane);
 }
 
 __device__ __forceinline__ void store_output(void* y, int o, float v, int out_f32, int accumulate) {
@@ -34,13 +84,16 @@ __device__ __forceinline__ void store_output(void* y, int o, float v, int out_f3
 // Warp sum of x · wrow over chunks [c0, c1) of the row (the whole warp gets it): the first
 // GEMV_UNROLL chunks are loaded before pdl_wait (weights only), x is read after it; a slice
 // longer than GEMV_UNROLL chunks continues in further rounds. Lanes add their chunks in order.
-__device__ __forceinline__ float split_k_slice_sum(const u16* __restrict__ wrow, const u16* __restrict__ x, int inn,
-                                                   int c0, int c1, int lane) {
+// Every thread of the CTA must call it (X::prepare may synchronise the CTA).
+template <typename X>
+__device__ __forceinline__ float split_k_slice_sum(const u16* __restrict__ wrow, X& x, int inn, int c0, int c1,
+                                                   int lane) {
     uint4 wv[GEMV_UNROLL];
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; ++u)
         wv[u] = c0 + u < c1 ? load_chunk(wrow, c0 + u, inn, lane) : make_uint4(0, 0, 0, 0);
     pdl_wait();
+    x.prepare();
     float acc = 0.0f;
     for (int c = c0;;) {
 #pragma unroll
@@ -60,10 +113,14 @@ __device__ __forceinline__ float split_k_slice_sum(const u16* __restrict__ wrow,
 // output row, each taking a contiguous slice of at most GEMV_UNROLL chunks, so every warp
 // issues all of its loads at once — before pdl_wait — and runs exactly one DRAM round trip.
 // The CTA adds the slices' warp sums in shared memory in a fixed order (deterministic).
-extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
-    gemv_split_k(const u16* __restrict__ w, const u16* __restrict__ x, void* y, int inn, int out, int splits,
-                 int out_f32, int accumulate) {
+// With `ss_partials` (f32 output only) the CTA also writes the sum of squares of the values it
+// stored, added in row order, to ss_partials[blockIdx.x]: the next projection's folded RMSNorm.
+template <typename X>
+__device__ __forceinline__ void gemv_split_k_body(const u16* __restrict__ w, X& x, void* y, int inn, int out,
+                                                  int splits, int out_f32, int accumulate,
+                                                  float* __restrict__ ss_partials) {
     __shared__ float partial[SKINNY_WARPS];
+    __shared__ float squares[SKINNY_WARPS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int o = blockIdx.x * (SKINNY_WARPS / splits) + warp / splits;
     const int part = warp % splits;
@@ -77,11 +134,53 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
     const float acc = split_k_slice_sum(wrow, x, inn, c0, c1, lane);
     if (lane == 0) partial[warp] = acc;
     __syncthreads();
-    if (active && part == 0 && lane == 0) {
-        float v = 0.0f;
-        for (int s = 0; s < splits; ++s) v += partial[warp + s];
-        store_output(y, o, v, out_f32, accumulate);
+    if (part == 0 && lane == 0) {
+        float stored = 0.0f;
+        if (active) {
+            float v = 0.0f;
+            for (int s = 0; s < splits; ++s) v += partial[warp + s];
+            if (out_f32) {
+                float* yf = (float*)y;
+                stored = accumulate ? yf[o] + v : v;
+                yf[o] = stored;
+            } else {
+                ((u16*)y)[o] = from_f(v);
+            }
+        }
+        squares[warp] = stored * stored;
     }
+    if (!ss_partials) return;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float ss = 0.0f;
+        for (int r = 0; r < SKINNY_WARPS; r += splits) ss += squares[r];
+        ss_partials[blockIdx.x] = ss;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
+    gemv_split_k(const u16* __restrict__ w, const u16* __restrict__ x, void* y, int inn, int out, int splits,
+                 int out_f32, int accumulate) {
+    PlainX xs{x};
+    gemv_split_k_body(w, xs, y, inn, out, splits, out_f32, accumulate, nullptr);
+}
+
+// gemv_split_k accumulating into the f32 residual `y` and leaving one partial sum of squares
+// of the new residual per CTA in ss_partials (the first half of the folded RMSNorm).
+extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
+    gemv_split_k_residual_ss(const u16* __restrict__ w, const u16* __restrict__ x, float* y, int inn, int out,
+                             int splits, float* __restrict__ ss_partials) {
+    PlainX xs{x};
+    gemv_split_k_body(w, xs, y, inn, out, splits, 1, 1, ss_partials);
+}
+
+// gemv_split_k whose input is RMSNorm(res) formed on the fly (the second half of the fold).
+extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
+    gemv_split_k_norm(const u16* __restrict__ w, const float* __restrict__ res, const float* __restrict__ norm_w,
+                      const float* __restrict__ ss_partials, int num_partials, float eps, void* y, int inn, int out,
+                      int splits, int out_f32) {
+    NormedX xs{res, norm_w, ss_partials, num_partials, inn, eps, nullptr};
+    gemv_split_k_body(w, xs, y, inn, out, splits, out_f32, 0, nullptr);
 }
 
 // Split-K over pairs of rows: a CTA serves SKINNY_WARPS / (2 splits) pairs; per pair, `splits`
@@ -96,8 +195,8 @@ __device__ __forceinline__ int split_k_pair_index(int splits) {
 // Computes the pair's two sums `a` (row_of(pair, 0)) and `b` (row_of(pair, 1)); returns true in
 // exactly one thread per active pair, which holds them. Waits (pdl_wait) after issuing the
 // weight loads; every thread must call it.
-template <typename RowOf>
-__device__ __forceinline__ bool split_k_pair_sums(const u16* __restrict__ w, const u16* __restrict__ x, int inn,
+template <typename X, typename RowOf>
+__device__ __forceinline__ bool split_k_pair_sums(const u16* __restrict__ w, X& x, int inn,
                                                   int npairs, int splits, RowOf row_of, float& a, float& b) {
     __shared__ float partial[SKINNY_WARPS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -127,9 +226,9 @@ __device__ __forceinline__ bool split_k_pair_sums(const u16* __restrict__ w, con
 // unfused path stores them and the swiglu kernel reads them back, so the result is
 // bit-identical to gemv_split_k + swiglu with the same `splits` (at most SKINNY_WARPS / 2).
 // Saves the swiglu launch and the [2 inter] round trip.
-extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
-    gemv_gate_up_swiglu_split_k(const u16* __restrict__ w, const u16* __restrict__ x, u16* __restrict__ act, int inn,
-                                int inter, int splits) {
+template <typename X>
+__device__ __forceinline__ void gate_up_swiglu_body(const u16* __restrict__ w, X& x, u16* __restrict__ act, int inn,
+                                                    int inter, int splits) {
     pdl_launch_dependents();
     float g, up;
     const auto row_of = [inter](int o, int second) { return second ? inter + o : o; };
@@ -139,6 +238,23 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
     act[o] = from_f(gr / (1.0f + expf(-gr)) * ur);
 }
 
+extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
+    gemv_gate_up_swiglu_split_k(const u16* __restrict__ w, const u16* __restrict__ x, u16* __restrict__ act, int inn,
+                                int inter, int splits) {
+    PlainX xs{x};
+    gate_up_swiglu_body(w, xs, act, inn, inter, splits);
+}
+
+// The same with RMSNorm(res) formed on the fly as its input (see NormedX).
+extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
+    gemv_gate_up_swiglu_split_k_norm(const u16* __restrict__ w, const float* __restrict__ res,
+                                     const float* __restrict__ norm_w, const float* __restrict__ ss_partials,
+                                     int num_partials, float eps, u16* __restrict__ act, int inn, int inter,
+                                     int splits) {
+    NormedX xs{res, norm_w, ss_partials, num_partials, inn, eps, nullptr};
+    gate_up_swiglu_body(w, xs, act, inn, inter, splits);
+}
+
 // (a'') Split-K QKV projection with rope_kv_write folded in, for one row (token 0 of the step):
 // pairs are the rotate_half pairs (i, i + HEAD_DIM / 2) of every Q and K head, then the V
 // features two by two. The leader thread of a pair adds the optional bias, rotates with the
@@ -146,12 +262,12 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
 // rope_kv_write, and writes Q to q_out or K/V into the token's cache slot: bit-identical to
 // gemv_split_k (f32 output) + rope_kv_write with the same `splits`. The angle is computed
 // before the weights are waited for (positions are step metadata, written before the step).
-extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
-    gemv_qkv_rope_split_k(const u16* __restrict__ w, const u16* __restrict__ x, const float* __restrict__ bias,
-                          const int* __restrict__ positions, const int* __restrict__ slots,
-                          const double* __restrict__ inv_freq, u16* __restrict__ q_out, u16* __restrict__ cache,
-                          int inn, int splits, int layer, int num_layers, int num_heads, int num_kv_heads,
-                          int block_size) {
+template <typename X>
+__device__ __forceinline__ void qkv_rope_body(const u16* __restrict__ w, X& x, const float* __restrict__ bias,
+                                              const int* __restrict__ positions, const int* __restrict__ slots,
+                                              const double* __restrict__ inv_freq, u16* __restrict__ q_out,
+                                              u16* __restrict__ cache, int inn, int splits, int layer,
+                                              int num_layers, int num_heads, int num_kv_heads, int block_size) {
     pdl_launch_dependents();
     const int half = HEAD_DIM / 2;
     const int q_dim = num_heads * HEAD_DIM, kv_dim = num_kv_heads * HEAD_DIM;
@@ -195,6 +311,31 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
         cache[k_base + kh] = from_f(ra);
         cache[k_base + kh + half] = from_f(rb);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
+    gemv_qkv_rope_split_k(const u16* __restrict__ w, const u16* __restrict__ x, const float* __restrict__ bias,
+                          const int* __restrict__ positions, const int* __restrict__ slots,
+                          const double* __restrict__ inv_freq, u16* __restrict__ q_out, u16* __restrict__ cache,
+                          int inn, int splits, int layer, int num_layers, int num_heads, int num_kv_heads,
+                          int block_size) {
+    PlainX xs{x};
+    qkv_rope_body(w, xs, bias, positions, slots, inv_freq, q_out, cache, inn, splits, layer, num_layers, num_heads,
+                  num_kv_heads, block_size);
+}
+
+// The same with RMSNorm(res) formed on the fly as its input (see NormedX).
+extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32)
+    gemv_qkv_rope_split_k_norm(const u16* __restrict__ w, const float* __restrict__ res,
+                               const float* __restrict__ norm_w, const float* __restrict__ ss_partials,
+                               int num_partials, float eps, const float* __restrict__ bias,
+                               const int* __restrict__ positions, const int* __restrict__ slots,
+                               const double* __restrict__ inv_freq, u16* __restrict__ q_out, u16* __restrict__ cache,
+                               int inn, int splits, int layer, int num_layers, int num_heads, int num_kv_heads,
+                               int block_size) {
+    NormedX xs{res, norm_w, ss_partials, num_partials, inn, eps, nullptr};
+    qkv_rope_body(w, xs, bias, positions, slots, inv_freq, q_out, cache, inn, splits, layer, num_layers, num_heads,
+                  num_kv_heads, block_size);
 }
 
 // (b) Two rows per warp: both rows' GEMV_UNROLL loads are issued before either is used (16 x
