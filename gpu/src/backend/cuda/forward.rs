@@ -367,27 +367,7 @@ impl CudaBackend {
                     ],
                 )?;
             }
-            if fold_norms {
-                folded(k.gemv_split_k_residual_ss(
-                    s.hidden.ptr(),
-                    s.attn.ptr(),
-                    layer.wo.ptr(),
-                    q_dim,
-                    h,
-                    s.ss_partials.ptr(),
-                ))?;
-            } else {
-                self.linear(
-                    s.hidden.ptr(),
-                    OutType::F32,
-                    s.attn.ptr(),
-                    layer.wo.ptr(),
-                    rows,
-                    q_dim,
-                    h,
-                    true,
-                )?;
-            }
+            self.residual_projection(fold_norms, rows, s.attn.ptr(), layer.wo.ptr(), q_dim)?;
             if fuse_norms && k.fused_norm_fits(h, layer.gate_up.ptr()) {
                 k.skinny_norm_gate_up_swiglu(
                     s.act.ptr(),
@@ -405,27 +385,8 @@ impl CudaBackend {
                 self.gate_up_swiglu(rows, num_splits, layer.gate_up.ptr(), ffn_input)?;
             }
             // The last layer's residual goes to the final norm, which stays a kernel.
-            if fold_norms && li as usize != last_layer {
-                folded(k.gemv_split_k_residual_ss(
-                    s.hidden.ptr(),
-                    s.act.ptr(),
-                    layer.down.ptr(),
-                    inter,
-                    h,
-                    s.ss_partials.ptr(),
-                ))?;
-            } else {
-                self.linear(
-                    s.hidden.ptr(),
-                    OutType::F32,
-                    s.act.ptr(),
-                    layer.down.ptr(),
-                    rows,
-                    inter,
-                    h,
-                    true,
-                )?;
-            }
+            let fold_here = fold_norms && li as usize != last_layer;
+            self.residual_projection(fold_here, rows, s.act.ptr(), layer.down.ptr(), inter)?;
         }
         if p.logit_rows > 0 {
             rms_norm(
@@ -550,6 +511,33 @@ impl CudaBackend {
 /// A launch of the folded-norm chain: `fold_one_row_rms_norm` checked every shape first, so a
 /// kernel that still refuses one is a bug, not a reason to fall back (the chain of partial sums
 /// of squares would break).
+impl CudaBackend {
+    /// `hidden += x · w` (o_proj or down: the residual add); with `fold_norm`, also one
+    /// partial sum of squares of the new residual per CTA for the next projection's folded
+    /// RMSNorm.
+    fn residual_projection(
+        &self,
+        fold_norm: bool,
+        rows: usize,
+        x: u64,
+        w: u64,
+        inn: usize,
+    ) -> Result<(), BackendError> {
+        let (s, h) = (&self.scratch, self.config.hidden_size);
+        if fold_norm {
+            return folded(self.kernels.gemv_split_k_residual_ss(
+                s.hidden.ptr(),
+                x,
+                w,
+                inn,
+                h,
+                s.ss_partials.ptr(),
+            ));
+        }
+        self.linear(s.hidden.ptr(), OutType::F32, x, w, rows, inn, h, true)
+    }
+}
+
 fn folded(launch: Option<Result<(), BackendError>>) -> Result<(), BackendError> {
     launch.unwrap_or_else(|| {
         Err(BackendError::Device(
