@@ -96,6 +96,29 @@ impl MemberProcess {
         let all: Vec<&str> = log.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+
+    /// The join token a bootstrapping peer prints, waited for up to 5 s.
+    pub async fn join_token(&self) -> Result<String> {
+        poll_until(
+            Duration::from_secs(5),
+            Duration::from_millis(25),
+            || async {
+                self.log().lines().find_map(|l| {
+                    l.trim()
+                        .strip_prefix("join token:")
+                        .map(|t| t.trim().to_string())
+                })
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "{} printed no join token:\n{}",
+                self.name,
+                self.log_tail(30)
+            )
+        })
+    }
 }
 
 /// Polls `probe` every `every` until it yields a value or `timeout` passes.

@@ -188,21 +188,8 @@ impl StatorCluster {
                 );
             }
             if index == 0 {
-                let token = poll_until(
-                    Duration::from_secs(5),
-                    Duration::from_millis(25),
-                    || async {
-                        process.log().lines().find_map(|l| {
-                            l.trim()
-                                .strip_prefix("join token:")
-                                .map(|t| t.trim().to_string())
-                        })
-                    },
-                )
-                .await
-                .ok_or_else(|| {
-                    anyhow!("stator0 printed no join token:\n{}", process.log_tail(30))
-                })?;
+                let token = process.join_token().await?;
+
                 first_quic = Some((quic, token));
             }
             let token = std::fs::read_to_string(data_dir.join("admin.token"))

@@ -110,19 +110,7 @@ impl ModelCluster {
             cluster.wait_started(index).await?;
             if index == 0 {
                 let process = &cluster.peers[0].process;
-                let token = poll_until(
-                    Duration::from_secs(5),
-                    Duration::from_millis(25),
-                    || async {
-                        process.log().lines().find_map(|l| {
-                            l.trim()
-                                .strip_prefix("join token:")
-                                .map(|t| t.trim().to_string())
-                        })
-                    },
-                )
-                .await
-                .ok_or_else(|| anyhow!("p0 printed no join token:\n{}", process.log_tail(30)))?;
+                let token = process.join_token().await?;
                 join = Some((quic, token));
             }
             let token_file = data_dir.join("admin.token");
