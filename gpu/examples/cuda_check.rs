@@ -17,7 +17,9 @@ use rand_chacha::ChaCha8Rng;
 use stator_gpu::backend::cpu::CpuBackend;
 use stator_gpu::backend::cuda::gemm::{Blas, OutType};
 use stator_gpu::backend::cuda::gemv;
-use stator_gpu::backend::cuda::kernels::{Arg, Kernels, DECODE_THREADS, NULL, PREFILL_THREADS};
+use stator_gpu::backend::cuda::kernels::{
+    rms_norm_threads, Arg, Kernels, DECODE_THREADS, NULL, PREFILL_THREADS,
+};
 use stator_gpu::backend::cuda::plan::StepPlan;
 use stator_gpu::backend::cuda::weights::{from_half_bits, to_half_bits};
 use stator_gpu::backend::cuda::{
@@ -183,7 +185,15 @@ fn launch_swiglu(
 
 fn check_elementwise(gpu: &Arc<Gpu>, rng: &mut ChaCha8Rng, report: &mut Report) -> Res<()> {
     let k = Kernels::compile(gpu, 64, 3, CudaDtype::Bf16)?;
-    for (rows, width) in [(1usize, 576usize), (7, 4096), (3, 1000)] {
+    // Thread counts as the forward pass picks them (the row in registers), and 256 for rows
+    // too wide or not a multiple of 4 for that (the kernel's looping path).
+    for (rows, width, threads) in [
+        (1usize, 576usize, rms_norm_threads(576)),
+        (7, 4096, rms_norm_threads(4096)),
+        (3, 1000, rms_norm_threads(1000)),
+        (2, 8192, 256),
+        (2, 1002, 256),
+    ] {
         let x = randn(rng, rows * width, 1.0);
         let w: Vec<f32> = randn(rng, width, 0.5).iter().map(|v| v + 1.0).collect();
         let (dx, dw) = (upload_f32(gpu, &x)?, upload_f32(gpu, &w)?);
@@ -191,7 +201,7 @@ fn check_elementwise(gpu: &Arc<Gpu>, rng: &mut ChaCha8Rng, report: &mut Report) 
         k.launch(
             &k.rms_norm,
             (rows as u32, 1, 1),
-            256,
+            threads,
             &[
                 Arg::Ptr(dx.ptr()),
                 NULL,
@@ -214,7 +224,7 @@ fn check_elementwise(gpu: &Arc<Gpu>, rng: &mut ChaCha8Rng, report: &mut Report) 
         }
         report.add(
             "rms_norm",
-            format!("{rows}x{width}"),
+            format!("{rows}x{width} ({threads} threads)"),
             rel_err(&read_half(&out, rows * width)?, &reference),
             8e-3,
         );
