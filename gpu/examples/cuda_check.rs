@@ -18,7 +18,7 @@ use stator_gpu::backend::cpu::CpuBackend;
 use stator_gpu::backend::cuda::gemm::{Blas, OutType};
 use stator_gpu::backend::cuda::gemv;
 use stator_gpu::backend::cuda::kernels::{
-    rms_norm_threads, Arg, Kernels, DECODE_THREADS, NULL, PREFILL_THREADS,
+    Arg, Kernels, DECODE_THREADS, NULL, PREFILL_THREADS, RMS_NORM_THREADS,
 };
 use stator_gpu::backend::cuda::plan::StepPlan;
 use stator_gpu::backend::cuda::weights::{from_half_bits, to_half_bits};
@@ -185,14 +185,16 @@ fn launch_swiglu(
 
 fn check_elementwise(gpu: &Arc<Gpu>, rng: &mut ChaCha8Rng, report: &mut Report) -> Res<()> {
     let k = Kernels::compile(gpu, 64, 3, CudaDtype::Bf16)?;
-    // Thread counts as the forward pass picks them (the row in registers), and 256 for rows
-    // too wide or not a multiple of 4 for that (the kernel's looping path).
+    // Rows held in registers (up to 32 values per thread) and rows too wide for that (the
+    // kernel's looping path), at the forward pass's thread count and at a smaller one.
     for (rows, width, threads) in [
-        (1usize, 576usize, rms_norm_threads(576)),
-        (7, 4096, rms_norm_threads(4096)),
-        (3, 1000, rms_norm_threads(1000)),
-        (2, 8192, 256),
-        (2, 1002, 256),
+        (1usize, 576usize, RMS_NORM_THREADS),
+        (7, 4096, RMS_NORM_THREADS),
+        (3, 1000, RMS_NORM_THREADS),
+        (2, 8192, RMS_NORM_THREADS),
+        (2, 10000, RMS_NORM_THREADS),
+        (2, 1000, 64),
+        (2, 4096, 64),
     ] {
         let x = randn(rng, rows * width, 1.0);
         let w: Vec<f32> = randn(rng, width, 0.5).iter().map(|v| v + 1.0).collect();

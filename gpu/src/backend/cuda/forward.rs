@@ -7,7 +7,7 @@ use super::gemv::{
     residual_ss_partials, GemvInput, GemvVariant, NormedInput, QkvRope, NORM_FOLD_MAX_HIDDEN,
 };
 use super::graphs::{DecodeGraphs, DecodeKey, GraphMode, Next};
-use super::kernels::{rms_norm_threads, Arg, DECODE_THREADS, DECODE_TILE, NULL, PREFILL_THREADS};
+use super::kernels::{Arg, DECODE_THREADS, DECODE_TILE, NULL, PREFILL_THREADS, RMS_NORM_THREADS};
 use super::plan::{validate, Limits};
 use super::{CudaBackend, MAX_DECODE_SPLITS};
 use crate::backend::{BackendError, SeqStep};
@@ -156,7 +156,7 @@ impl CudaBackend {
             k.launch(
                 &k.rms_norm,
                 (rows as u32, 1, 1),
-                rms_norm_threads(h),
+                RMS_NORM_THREADS,
                 &[
                     Arg::Ptr(s.hidden.ptr()),
                     row_index,

@@ -40,16 +40,10 @@ const SOURCES: [(&str, &str); 6] = [
 /// Decode attention: positions per shared-memory tile and threads per CTA (kernel constants).
 pub const DECODE_TILE: usize = 64;
 pub const DECODE_THREADS: u32 = 128;
-/// `rms_norm`: float4 loads each thread keeps in registers (the kernel's RMS_NORM_VEC).
-pub const RMS_NORM_VEC: usize = 4;
-
-/// Threads of an `rms_norm` CTA for rows of `width`: enough for the whole row to sit in
-/// registers (RMS_NORM_VEC float4 per thread), whole warps, at most 1024 (wider rows take the
-/// kernel's looping path).
-pub fn rms_norm_threads(width: usize) -> u32 {
-    (width.div_ceil(4 * RMS_NORM_VEC).next_multiple_of(32)).clamp(32, 1024) as u32
-}
-
+/// Threads of an `rms_norm` CTA: rows up to 32 × this wide sit in registers (the kernel's
+/// RMS_NORM_PER_THREAD); the skinny GEMMs' fused norms use the same count, so both add the
+/// sum of squares in the same order.
+pub const RMS_NORM_THREADS: u32 = (SKINNY_WARPS * 32) as u32;
 /// Prefill attention: query rows per CTA.
 pub const PREFILL_QUERY_TILE: usize = 64;
 pub const PREFILL_THREADS: u32 = 128;
@@ -550,21 +544,4 @@ fn cached_or_compiled(source: &str, options: &[String]) -> Result<String, Backen
         }
     }
     Ok(text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rms_norm_threads_hold_the_row_in_registers_up_to_1024_threads() {
-        for width in [1usize, 576, 1000, 2048, 4096, 8192, 16384] {
-            let threads = rms_norm_threads(width) as usize;
-            assert_eq!(threads % 32, 0);
-            assert!(threads * 4 * RMS_NORM_VEC >= width, "{width}");
-            assert!(threads <= 1024);
-        }
-        assert_eq!(rms_norm_threads(4096), 256);
-        assert_eq!(rms_norm_threads(65536), 1024);
-    }
 }

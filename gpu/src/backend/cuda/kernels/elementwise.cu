@@ -13,12 +13,14 @@ extern "C" __global__ void embed_lookup(const u32* __restrict__ tokens, const u1
 // out[r, :] = x[src, :] / rms(x[src, :]) * weight, src = rows ? rows[r] : r. The residual add
 // happens earlier, inside the projection GEMMs (beta = 1 into the f32 residual stream).
 // On the one-row decode chain this kernel is pure latency between two weight streams (it cost
-// ~10 µs per launch in place at 8B, docs/cuda-notes.md round 9), so when the row fits in
-// RMS_NORM_VEC float4 per thread it loads the norm weights and the row index before pdl_wait
-// (neither is written during a step), then the row with all its loads in flight at once, and
-// keeps it in registers for the output pass: one L2 round trip after the wait instead of a
-// dependent loop over global memory twice.
-#define RMS_NORM_VEC 4
+// ~10 µs per launch in place at 8B, docs/cuda-notes.md round 9). So when the row fits in
+// RMS_NORM_PER_THREAD values per thread, it loads its norm weights and the row index before
+// pdl_wait (neither is written during a step), then the row with every load in flight at once,
+// and keeps it in registers for the output pass: one L2 round trip after the wait instead of
+// dependent passes over global memory. Each thread still takes elements t, t + blockDim, ...
+// and adds their squares in that order, so the result is bit-identical to the plain strided
+// loop (the looping path below) and to the norms fused into the skinny GEMMs, which use it.
+#define RMS_NORM_PER_THREAD 32
 extern "C" __global__ void rms_norm(const float* __restrict__ x, const int* __restrict__ rows,
                                     const float* __restrict__ weight, u16* __restrict__ out, int width, float eps) {
     pdl_launch_dependents();
@@ -26,41 +28,38 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const int* __re
     const size_t src = rows ? (size_t)rows[r] : r;
     const float* row = x + src * width;
     u16* dst = out + r * width;
-    const bool vec = (width & 3) == 0 && width <= RMS_NORM_VEC * 4 * (int)blockDim.x &&
-                     (((size_t)x | (size_t)weight | (size_t)out) & 15) == 0;
-    if (!vec) {
+    const int stride = blockDim.x;
+    if (width > RMS_NORM_PER_THREAD * stride) {
         pdl_wait();
         float ss = 0.0f;
-        for (int i = threadIdx.x; i < width; i += blockDim.x) ss += row[i] * row[i];
+        for (int i = threadIdx.x; i < width; i += stride) ss += row[i] * row[i];
         ss = block_sum(ss);
         const float scale = 1.0f / sqrtf(ss / (float)width + eps);
-        for (int i = threadIdx.x; i < width; i += blockDim.x) dst[i] = from_f(row[i] * scale * weight[i]);
+        for (int i = threadIdx.x; i < width; i += stride) dst[i] = from_f(row[i] * scale * weight[i]);
         return;
     }
-    const int quads = width >> 2;
-    float4 w[RMS_NORM_VEC], v[RMS_NORM_VEC];
+    float w[RMS_NORM_PER_THREAD], v[RMS_NORM_PER_THREAD];
 #pragma unroll
-    for (int u = 0; u < RMS_NORM_VEC; ++u) {
-        const int q = threadIdx.x + u * blockDim.x;
-        w[u] = q < quads ? ((const float4*)weight)[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int u = 0; u < RMS_NORM_PER_THREAD; ++u) {
+        const int i = threadIdx.x + u * stride;
+        w[u] = i < width ? weight[i] : 0.0f;
     }
     pdl_wait();
 #pragma unroll
-    for (int u = 0; u < RMS_NORM_VEC; ++u) {
-        const int q = threadIdx.x + u * blockDim.x;
-        v[u] = q < quads ? ((const float4*)row)[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int u = 0; u < RMS_NORM_PER_THREAD; ++u) {
+        const int i = threadIdx.x + u * stride;
+        v[u] = i < width ? row[i] : 0.0f;
     }
     float ss = 0.0f;
 #pragma unroll
-    for (int u = 0; u < RMS_NORM_VEC; ++u) ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+    for (int u = 0; u < RMS_NORM_PER_THREAD; ++u)
+        if (threadIdx.x + u * stride < width) ss += v[u] * v[u];
     ss = block_sum(ss);
     const float scale = 1.0f / sqrtf(ss / (float)width + eps);
 #pragma unroll
-    for (int u = 0; u < RMS_NORM_VEC; ++u) {
-        const int q = threadIdx.x + u * blockDim.x;
-        if (q < quads)
-            ((uint2*)dst)[q] = make_uint2(pack2(v[u].x * scale * w[u].x, v[u].y * scale * w[u].y),
-                                          pack2(v[u].z * scale * w[u].z, v[u].w * scale * w[u].w));
+    for (int u = 0; u < RMS_NORM_PER_THREAD; ++u) {
+        const int i = threadIdx.x + u * stride;
+        if (i < width) dst[i] = from_f(v[u] * scale * w[u]);
     }
 }
 
