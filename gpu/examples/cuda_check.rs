@@ -185,8 +185,9 @@ fn launch_swiglu(
 
 fn check_elementwise(gpu: &Arc<Gpu>, rng: &mut ChaCha8Rng, report: &mut Report) -> Res<()> {
     let k = Kernels::compile(gpu, 64, 3, CudaDtype::Bf16)?;
-    // Rows held in registers (up to 32 values per thread) and rows too wide for that (the
-    // kernel's looping path), at the forward pass's thread count and at a smaller one.
+    // Rows held in registers (up to 4 float4 per thread), rows too wide for that or not made
+    // of whole float4 (the kernel's looping path), at the forward pass's thread count and at a
+    // smaller one.
     for (rows, width, threads) in [
         (1usize, 576usize, RMS_NORM_THREADS),
         (7, 4096, RMS_NORM_THREADS),

@@ -14,13 +14,12 @@ extern "C" __global__ void embed_lookup(const u32* __restrict__ tokens, const u1
 // happens earlier, inside the projection GEMMs (beta = 1 into the f32 residual stream).
 // On the one-row decode chain this kernel is pure latency between two weight streams (it cost
 // ~10 µs per launch in place at 8B, docs/cuda-notes.md round 9). So when the row fits in
-// RMS_NORM_PER_THREAD values per thread, it loads its norm weights and the row index before
-// pdl_wait (neither is written during a step), then the row with every load in flight at once,
-// and keeps it in registers for the output pass: one L2 round trip after the wait instead of
-// dependent passes over global memory. Each thread still takes elements t, t + blockDim, ...
-// and adds their squares in that order, so the result is bit-identical to the plain strided
-// loop (the looping path below) and to the norms fused into the skinny GEMMs, which use it.
-#define RMS_NORM_PER_THREAD 32
+// RMS_NORM_VEC float4 per thread, it loads its norm weights and the row index before pdl_wait
+// (neither is written during a step), then the row with every load in flight at once, and
+// keeps it in registers for the output pass: one L2 round trip after the wait instead of
+// dependent passes over global memory. The squares are added in row_sum_squares' order either
+// way, so both paths, and the norms fused into the skinny GEMMs, give the same bits.
+#define RMS_NORM_VEC 4
 extern "C" __global__ void rms_norm(const float* __restrict__ x, const int* __restrict__ rows,
                                     const float* __restrict__ weight, u16* __restrict__ out, int width, float eps) {
     pdl_launch_dependents();
@@ -29,37 +28,40 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const int* __re
     const float* row = x + src * width;
     u16* dst = out + r * width;
     const int stride = blockDim.x;
-    if (width > RMS_NORM_PER_THREAD * stride) {
+    const bool in_registers = row_in_quads(row, width) && width <= RMS_NORM_VEC * 4 * stride &&
+                              (((size_t)weight | (size_t)dst) & 15) == 0;
+    if (!in_registers) {
         pdl_wait();
-        float ss = 0.0f;
-        for (int i = threadIdx.x; i < width; i += stride) ss += row[i] * row[i];
-        ss = block_sum(ss);
+        const float ss = row_sum_squares(row, width);
         const float scale = 1.0f / sqrtf(ss / (float)width + eps);
         for (int i = threadIdx.x; i < width; i += stride) dst[i] = from_f(row[i] * scale * weight[i]);
         return;
     }
-    float w[RMS_NORM_PER_THREAD], v[RMS_NORM_PER_THREAD];
+    const int quads = width >> 2;
+    float4 w[RMS_NORM_VEC], v[RMS_NORM_VEC];
 #pragma unroll
-    for (int u = 0; u < RMS_NORM_PER_THREAD; ++u) {
-        const int i = threadIdx.x + u * stride;
-        w[u] = i < width ? weight[i] : 0.0f;
+    for (int u = 0; u < RMS_NORM_VEC; ++u) {
+        const int q = threadIdx.x + u * stride;
+        w[u] = q < quads ? ((const float4*)weight)[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
     pdl_wait();
 #pragma unroll
-    for (int u = 0; u < RMS_NORM_PER_THREAD; ++u) {
-        const int i = threadIdx.x + u * stride;
-        v[u] = i < width ? row[i] : 0.0f;
+    for (int u = 0; u < RMS_NORM_VEC; ++u) {
+        const int q = threadIdx.x + u * stride;
+        v[u] = q < quads ? ((const float4*)row)[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
     float ss = 0.0f;
 #pragma unroll
-    for (int u = 0; u < RMS_NORM_PER_THREAD; ++u)
-        if (threadIdx.x + u * stride < width) ss += v[u] * v[u];
+    for (int u = 0; u < RMS_NORM_VEC; ++u)
+        if (threadIdx.x + u * stride < quads) ss = add_quad_squares(ss, v[u]);
     ss = block_sum(ss);
     const float scale = 1.0f / sqrtf(ss / (float)width + eps);
 #pragma unroll
-    for (int u = 0; u < RMS_NORM_PER_THREAD; ++u) {
-        const int i = threadIdx.x + u * stride;
-        if (i < width) dst[i] = from_f(v[u] * scale * w[u]);
+    for (int u = 0; u < RMS_NORM_VEC; ++u) {
+        const int q = threadIdx.x + u * stride;
+        if (q < quads)
+            ((uint2*)dst)[q] = make_uint2(pack2(v[u].x * scale * w[u].x, v[u].y * scale * w[u].y),
+                                          pack2(v[u].z * scale * w[u].z, v[u].w * scale * w[u].w));
     }
 }
 
