@@ -40,9 +40,9 @@ const SOURCES: [(&str, &str); 6] = [
 /// Decode attention: positions per shared-memory tile and threads per CTA (kernel constants).
 pub const DECODE_TILE: usize = 64;
 pub const DECODE_THREADS: u32 = 128;
-/// Threads of an `rms_norm` CTA: rows up to 16 × this wide sit in registers (the kernel's
-/// RMS_NORM_VEC float4 per thread); the skinny GEMMs' fused norms use the same count, so both
-/// add the sum of squares in the same order (`row_sum_squares` in kernels/common.cuh).
+/// Threads of an `rms_norm` CTA: rows up to 4096 wide (16 × this) sit in registers (the
+/// kernel's RMS_NORM_VEC float4 per thread); the skinny GEMMs' fused norms use the same count,
+/// so both add the sum of squares in the same order.
 pub const RMS_NORM_THREADS: u32 = (SKINNY_WARPS * 32) as u32;
 /// Prefill attention: query rows per CTA.
 pub const PREFILL_QUERY_TILE: usize = 64;

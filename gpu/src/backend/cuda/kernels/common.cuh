@@ -87,30 +87,6 @@ __device__ float block_sum(float v) {
     return warp_sum(total);
 }
 
-// The sum of squares of an f32 row as every RMSNorm here adds it, so that rms_norm and the
-// norms fused into the projections give the same bits: with width % 4 == 0 and a 16-byte
-// aligned row, thread t takes quads t, t + blockDim, ... and adds x², y², z², w² of each in
-// turn; otherwise elements t, t + blockDim, .... Every thread gets the block's total.
-__device__ __forceinline__ bool row_in_quads(const float* row, int width) {
-    return (width & 3) == 0 && ((size_t)row & 15) == 0;
-}
-__device__ __forceinline__ float add_quad_squares(float ss, float4 v) {
-    ss += v.x * v.x;
-    ss += v.y * v.y;
-    ss += v.z * v.z;
-    ss += v.w * v.w;
-    return ss;
-}
-__device__ float row_sum_squares(const float* __restrict__ row, int width) {
-    float ss = 0.0f;
-    if (row_in_quads(row, width)) {
-        for (int q = threadIdx.x; q < (width >> 2); q += blockDim.x) ss = add_quad_squares(ss, ((const float4*)row)[q]);
-    } else {
-        for (int i = threadIdx.x; i < width; i += blockDim.x) ss += row[i] * row[i];
-    }
-    return block_sum(ss);
-}
-
 // Element offset of the K plane of (block, layer) in the paged cache. The layout is the KV
 // exchange layout of the Backend trait: [block][layer][K then V][block_size][kv_heads][head_dim],
 // so export/import are plain copies. The V plane follows at + plane.

@@ -15,24 +15,30 @@ extern "C" __global__ void embed_lookup(const u32* __restrict__ tokens, const u1
 // On the one-row decode chain this kernel is pure latency between two weight streams (it cost
 // ~10 µs per launch in place at 8B, docs/cuda-notes.md round 9). So when the row fits in
 // RMS_NORM_VEC float4 per thread, it loads its norm weights and the row index before pdl_wait
-// (neither is written during a step), then the row with every load in flight at once, and
-// keeps it in registers for the output pass: one L2 round trip after the wait instead of
-// dependent passes over global memory. The squares are added in row_sum_squares' order either
-// way, so both paths, and the norms fused into the skinny GEMMs, give the same bits.
+// (neither is written during a step), then the row with every load in flight at once, kept in
+// registers for the output pass: one L2 round trip after the wait instead of dependent passes
+// over global memory. The squares are still added in the plain loop's order (thread t takes
+// elements t, t + blockDim, ...; read back from shared memory), so the result is bit-identical
+// to the looping path and to the norms fused into the skinny GEMMs (skinny_gemm.cu).
 #define RMS_NORM_VEC 4
+#define RMS_NORM_MAX_WIDTH 4096
 extern "C" __global__ void rms_norm(const float* __restrict__ x, const int* __restrict__ rows,
                                     const float* __restrict__ weight, u16* __restrict__ out, int width, float eps) {
+    __shared__ __align__(16) float row_s[RMS_NORM_MAX_WIDTH];
     pdl_launch_dependents();
     const size_t r = blockIdx.x;
     const size_t src = rows ? (size_t)rows[r] : r;
     const float* row = x + src * width;
     u16* dst = out + r * width;
     const int stride = blockDim.x;
-    const bool in_registers = row_in_quads(row, width) && width <= RMS_NORM_VEC * 4 * stride &&
-                              (((size_t)weight | (size_t)dst) & 15) == 0;
+    const bool in_registers = (width & 3) == 0 && width <= RMS_NORM_MAX_WIDTH &&
+                              width <= RMS_NORM_VEC * 4 * stride &&
+                              (((size_t)row | (size_t)weight | (size_t)dst) & 15) == 0;
     if (!in_registers) {
         pdl_wait();
-        const float ss = row_sum_squares(row, width);
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < width; i += stride) ss += row[i] * row[i];
+        ss = block_sum(ss);
         const float scale = 1.0f / sqrtf(ss / (float)width + eps);
         for (int i = threadIdx.x; i < width; i += stride) dst[i] = from_f(row[i] * scale * weight[i]);
         return;
@@ -50,10 +56,14 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const int* __re
         const int q = threadIdx.x + u * stride;
         v[u] = q < quads ? ((const float4*)row)[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
-    float ss = 0.0f;
 #pragma unroll
-    for (int u = 0; u < RMS_NORM_VEC; ++u)
-        if (threadIdx.x + u * stride < quads) ss = add_quad_squares(ss, v[u]);
+    for (int u = 0; u < RMS_NORM_VEC; ++u) {
+        const int q = threadIdx.x + u * stride;
+        if (q < quads) ((float4*)row_s)[q] = v[u];
+    }
+    __syncthreads();
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < width; i += stride) ss += row_s[i] * row_s[i];
     ss = block_sum(ss);
     const float scale = 1.0f / sqrtf(ss / (float)width + eps);
 #pragma unroll

@@ -102,7 +102,9 @@ SKINNY_KERNEL(8, 4)
 
 __device__ __forceinline__ void norm_row_to_shared(const float* __restrict__ row, const float* __restrict__ weight,
                                                    u16* x_s, int width, float eps) {
-    const float ss = row_sum_squares(row, width);
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) ss += row[i] * row[i];
+    ss = block_sum(ss);
     const float scale = 1.0f / sqrtf(ss / (float)width + eps);
     for (int i = threadIdx.x; i < width; i += blockDim.x) x_s[i] = from_f(row[i] * scale * weight[i]);
     __syncthreads();
