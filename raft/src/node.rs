@@ -12,7 +12,7 @@ use openraft::error::InitializeError;
 use openraft::{Raft, RaftMetrics};
 use parking_lot::Mutex;
 use stator_transport::{Endpoint, Method, RpcError};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -28,13 +28,13 @@ use crate::rpc::{
 use crate::server::register_handlers;
 use crate::store::{open_db, open_stores, SledLogStore};
 use crate::types::{NodeId, PeerAddr, TypeConfig};
-use crate::writer::{spawn_writer, Submission, Visibility};
+use crate::writer::{spawn_writer, submit, Origin, Submission, Visibility};
 
 /// Submissions waiting for the writer; beyond this, `write` waits (within its deadline).
 const WRITE_QUEUE_DEPTH: usize = 4096;
 /// Extra time `write` grants the writer beyond the write timeout (batch window, scheduling),
 /// so that the writer's own, more precise error arrives first.
-const WRITE_REPLY_GRACE: Duration = Duration::from_millis(250);
+pub(crate) const WRITE_REPLY_GRACE: Duration = Duration::from_millis(250);
 /// Bound on each shutdown step (stopping the core, flushing storage).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -97,8 +97,8 @@ impl RaftNode {
             cfg: cfg.clone(),
             stopped: AtomicBool::new(false),
         });
-        register_handlers(&endpoint, Arc::downgrade(&core));
         let (writer_tx, writer_rx) = mpsc::channel(WRITE_QUEUE_DEPTH);
+        register_handlers(&endpoint, Arc::downgrade(&core), writer_tx.downgrade());
         let tasks = vec![
             spawn_writer(core.clone(), writer_rx, cfg.max_batches_in_flight),
             spawn_exporter(core.raft.metrics(), log_store.committed_index()),
@@ -180,28 +180,9 @@ impl RaftNode {
             ));
         }
         let writer = self.writer.lock().clone().ok_or(RaftError::ShuttingDown)?;
-        let (reply, outcome) = oneshot::channel();
         // The writer takes up to the write timeout to commit, and again to apply locally.
         let deadline = self.core.cfg.write_timeout * 2 + WRITE_REPLY_GRACE;
-        let submission = Submission {
-            cmds,
-            visible,
-            reply,
-            submitted: std::time::Instant::now(),
-        };
-        let wait = async {
-            writer
-                .send(submission)
-                .await
-                .map_err(|_| RaftError::ShuttingDown)?;
-            outcome.await.map_err(|_| RaftError::ShuttingDown)?
-        };
-        tokio::time::timeout(deadline, wait)
-            .await
-            .map_err(|_| RaftError::Timeout {
-                what: "raft write",
-                after: deadline,
-            })?
+        submit(&writer, cmds, visible, Origin::Local, deadline).await
     }
 
     /// Adds `id` as a learner and waits until it has caught up (leader-only; forwarded).

@@ -1,8 +1,11 @@
 //! The per-node writer: coalesces submissions into one log entry (one `client_write`, or one
-//! forward to the leader) and answers them once the entry is applied on this node.
+//! forward to the leader) and answers them once the entry is applied on this node. On the
+//! leader, what followers forward goes through it too, so that the writes of every member
+//! share entries: each entry costs a flush on every member, one after another (openraft 0.9
+//! waits for each append's flush before its next step).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -25,11 +28,51 @@ pub(crate) enum Visibility {
     AppliedHere,
 }
 
+/// Where a submission comes from: this node's callers, or a follower that forwarded it (its
+/// write is counted in the metrics of the follower, not again here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Local,
+    Forwarded,
+}
+
 pub(crate) struct Submission {
     pub(crate) cmds: Vec<Command>,
     pub(crate) visible: Visibility,
+    pub(crate) origin: Origin,
     pub(crate) reply: oneshot::Sender<Result<WriteOutcome, RaftError>>,
     pub(crate) submitted: Instant,
+}
+
+/// Hands `cmds` to the writer and waits (at most `deadline`) for its answer.
+pub(crate) async fn submit(
+    writer: &mpsc::Sender<Submission>,
+    cmds: Vec<Command>,
+    visible: Visibility,
+    origin: Origin,
+    deadline: Duration,
+) -> Result<WriteOutcome, RaftError> {
+    let (reply, outcome) = oneshot::channel();
+    let submission = Submission {
+        cmds,
+        visible,
+        origin,
+        reply,
+        submitted: Instant::now(),
+    };
+    let wait = async {
+        writer
+            .send(submission)
+            .await
+            .map_err(|_| RaftError::ShuttingDown)?;
+        outcome.await.map_err(|_| RaftError::ShuttingDown)?
+    };
+    tokio::time::timeout(deadline, wait)
+        .await
+        .map_err(|_| RaftError::Timeout {
+            what: "raft write",
+            after: deadline,
+        })?
 }
 
 /// Runs until every sender is dropped. Group commit clocked by the log itself: at most
@@ -120,10 +163,12 @@ async fn commit(core: Arc<NodeCore>, mut batch: Vec<Submission>, slot: OwnedSema
 }
 
 fn finish(submission: Submission, result: Result<WriteOutcome, RaftError>) {
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    metrics::counter!("stator_raft_writes_total", "outcome" => outcome).increment(1);
-    metrics::histogram!("stator_raft_write_seconds")
-        .record(submission.submitted.elapsed().as_secs_f64());
+    if submission.origin == Origin::Local {
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("stator_raft_writes_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("stator_raft_write_seconds")
+            .record(submission.submitted.elapsed().as_secs_f64());
+    }
     // The writer may have given up waiting (its own deadline); nothing to do then.
     let _ = submission.reply.send(result);
 }
