@@ -695,6 +695,7 @@ fn check_gemv_model(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> 
     let run = teacher_forced_decode;
     let worst = worst_logits_err;
     let differing = differing_steps;
+    let initial_fuse = cuda.fuse_one_row_norms();
     for fuse in [false, true] {
         cuda.set_fuse_one_row_norms(fuse);
         cuda.set_gemv_variant(GemvVariant::Baseline);
@@ -755,7 +756,7 @@ fn check_gemv_model(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> 
             );
         }
     }
-    cuda.set_fuse_one_row_norms(true);
+    cuda.set_fuse_one_row_norms(initial_fuse);
     cuda.set_gemv_variant(initial);
     Ok(())
 }
@@ -836,12 +837,13 @@ fn check_norm_fold_vs_cpu(
     cpu_logits: &[Vec<f32>],
     report: &mut Report,
 ) -> Res<()> {
+    let initial_fuse = cuda.fuse_one_row_norms();
     cuda.set_fuse_one_row_norms(false);
     cuda.set_fold_one_row_rms_norm(true);
     let applied = cuda.one_row_rms_norm_folded(1);
     let generated = generate(cuda, prompt, cpu_tokens.len());
     cuda.set_fold_one_row_rms_norm(CudaOptions::default().fold_one_row_rms_norm);
-    cuda.set_fuse_one_row_norms(true);
+    cuda.set_fuse_one_row_norms(initial_fuse);
     let (tokens, logits) = generated?;
     if !applied {
         report.add(
@@ -885,6 +887,7 @@ fn check_norm_fold_vs_cpu(
 fn check_norm_fold(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> Res<()> {
     let steps = TEACHER_FORCED_STEPS;
     let initial_pdl = cuda.programmatic_launch();
+    let initial_fuse = cuda.fuse_one_row_norms();
     cuda.set_fuse_one_row_norms(false);
     cuda.set_gemv_variant(GemvVariant::SplitK);
     let greedy = |run: &[Vec<f32>]| run.iter().map(|l| argmax(l)).collect::<Vec<_>>();
@@ -962,7 +965,7 @@ fn check_norm_fold(cuda: &mut CudaBackend, name: &str, report: &mut Report) -> R
     cuda.set_fuse_one_row_swiglu(defaults.fuse_one_row_swiglu);
     cuda.set_fuse_one_row_rope(defaults.fuse_one_row_rope);
     cuda.set_gemv_variant(defaults.gemv_variant);
-    cuda.set_fuse_one_row_norms(true);
+    cuda.set_fuse_one_row_norms(initial_fuse);
     Ok(())
 }
 
@@ -1575,6 +1578,7 @@ fn check_model(
     // One-row steps with the norms fused into the projections: bit-identical to the
     // separate kernels.
     let probe = std::slice::from_ref(&dbatch[0]);
+    let initial_fuse = cuda.fuse_one_row_norms();
     cuda.set_fuse_one_row_norms(false);
     cuda.poison_logits()?;
     let unfused = cuda.forward(probe)?;
@@ -1587,6 +1591,7 @@ fn check_model(
         logits_err(fused.row(0), unfused.row(0)),
         1e-6,
     );
+    cuda.set_fuse_one_row_norms(initial_fuse);
     check_graphs(&mut cuda, name, report)?;
     check_programmatic_launch(&mut cuda, name, report)?;
     check_gemv_model(&mut cuda, name, report)?;
@@ -1839,6 +1844,7 @@ fn check_programmatic_launch(cuda: &mut CudaBackend, name: &str, report: &mut Re
         }
         differing_bits(a, b)
     };
+    let initial_fuse = cuda.fuse_one_row_norms();
     for (n, fuse) in [(1usize, true), (1, false), (3, true), (8, true)] {
         let tables = consecutive_tables(n, blocks_per_seq);
         let prompts: Vec<Vec<u32>> = (0..n)
@@ -1939,7 +1945,7 @@ fn check_programmatic_launch(cuda: &mut CudaBackend, name: &str, report: &mut Re
             0.0,
         );
     }
-    cuda.set_fuse_one_row_norms(true);
+    cuda.set_fuse_one_row_norms(initial_fuse);
     cuda.set_programmatic_launch(initial);
     Ok(())
 }

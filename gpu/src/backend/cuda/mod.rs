@@ -69,8 +69,10 @@ pub struct CudaOptions {
     /// One-row steps (while the skinny GEMM serves one row) fuse each RMSNorm into the
     /// projection after it, and SwiGLU into the gate/up projection: bit-identical results, two
     /// and one launches fewer per layer. Applied only to models with hidden size at most
-    /// [`FUSED_NORMS_MAX_HIDDEN`] (measured: −11% per step at 576, neutral at 2048, +6% at
-    /// 4096, where every CTA re-reading the row costs more than the launches saved);
+    /// [`FUSED_NORMS_MAX_HIDDEN`]. Default off since round 9 (docs/cuda-notes.md): with the
+    /// latency-bound `rms_norm` rewritten, the split-K path with norms apart is faster at
+    /// every size measured (b1 ctx512 from graphs, one device call: SmolLM2 0.614 vs 0.718 ms,
+    /// Llama-3.2-1B 1.118 vs 1.328 ms, 8B 5.759 vs 6.904 ms); kept selectable and checked.
     /// [`CudaBackend::set_fuse_one_row_norms`] overrides.
     pub fuse_one_row_norms: bool,
     /// Decode steps replay CUDA graphs captured per (batch bucket, table width). Default on;
@@ -145,7 +147,7 @@ impl Default for CudaOptions {
             max_num_seqs: 256,
             max_batch_tokens: 8192,
             skinny_gemm_max_rows: 1,
-            fuse_one_row_norms: true,
+            fuse_one_row_norms: false,
             cuda_graphs: std::env::var("STATOR_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             graph_max_batch: std::env::var("STATOR_CUDA_GRAPH_MAX_BATCH")
                 .ok()
@@ -450,6 +452,12 @@ impl CudaBackend {
     pub fn set_fuse_one_row_norms(&mut self, fuse: bool) {
         self.fuse_norms = fuse;
         self.graphs.clear();
+    }
+
+    /// Whether one-row steps use the fused norm kernels (the backend's setting, for checks
+    /// that switch it and put it back).
+    pub fn fuse_one_row_norms(&self) -> bool {
+        self.fuse_norms
     }
 
     /// Launches kernels with programmatic dependent launch (on) or the ordinary way (off);
