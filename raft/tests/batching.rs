@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{localhost, put, start_peer};
+use common::{add_learners, localhost, put, start_peer};
 use stator_raft::RaftConfig;
 use stator_transport::ClusterCa;
 use tempfile::TempDir;
@@ -71,13 +71,7 @@ async fn writes_forwarded_by_different_followers_share_log_entries() {
         .bootstrap(peers[0].peer_addr())
         .await
         .expect("bootstrap");
-    for p in &peers[1..] {
-        peers[0]
-            .node
-            .add_learner(p.id, p.peer_addr())
-            .await
-            .expect("add learner");
-    }
+    add_learners(&peers).await;
     // One write each first, so that both followers have their connection to the leader before
     // the measured writes start together.
     for (follower, peer) in peers.iter().enumerate().skip(1) {

@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{eventually, localhost, put, start_peer, state_of, test_config, Peer};
+use common::{add_learners, eventually, localhost, put, start_peer, state_of, test_config, Peer};
 use stator_raft::model::{Applied, Command, CommandError};
 use stator_transport::ClusterCa;
 use tempfile::TempDir;
@@ -29,13 +29,7 @@ async fn three_node_cluster(ca: &ClusterCa, dirs: &[TempDir; 3]) -> Vec<Peer> {
         Err(stator_raft::RaftError::AlreadyInitialized)
     ));
 
-    for p in &peers[1..] {
-        peers[0]
-            .node
-            .add_learner(p.id, p.peer_addr())
-            .await
-            .expect("add learner");
-    }
+    add_learners(&peers).await;
     // Promote from a learner: the membership change is forwarded to the leader.
     peers[2]
         .node

@@ -34,6 +34,17 @@ impl Peer {
     }
 }
 
+/// Adds every peer after the first as a learner, through the first (the leader).
+pub async fn add_learners(peers: &[Peer]) {
+    for p in &peers[1..] {
+        peers[0]
+            .node
+            .add_learner(p.id, p.peer_addr())
+            .await
+            .expect("add learner");
+    }
+}
+
 pub fn test_config() -> RaftConfig {
     RaftConfig::default()
 }
