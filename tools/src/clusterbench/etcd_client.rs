@@ -5,22 +5,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2::SendRequest;
+use http_body_util::Full;
 use hyper::{HeaderMap, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
+use super::h2::{H2Connection, H2Error};
 use super::wire::{self, WireError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {
-    #[error("cannot connect to {addr}: {reason}")]
-    Connect { addr: SocketAddr, reason: String },
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("HTTP/2 transport: {0}")]
-    Transport(#[from] hyper::Error),
+    #[error(transparent)]
+    H2(#[from] H2Error),
     #[error("cannot build request: {0}")]
     Request(#[from] hyper::http::Error),
     #[error("HTTP status {0}")]
@@ -36,33 +30,13 @@ pub enum GrpcError {
 /// One etcd member's client URL, on one HTTP/2 connection; clones share the connection.
 #[derive(Clone)]
 pub struct EtcdConnection {
-    base: String,
-    sender: SendRequest<Full<Bytes>>,
+    link: H2Connection,
 }
 
 impl EtcdConnection {
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, GrpcError> {
-        let failed = |reason: String| GrpcError::Connect { addr, reason };
-        let handshake = async {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            tcp.set_nodelay(true).map_err(|e| failed(e.to_string()))?;
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .map_err(|e| failed(e.to_string()))
-        };
-        let (sender, connection) = tokio::time::timeout(timeout, handshake)
-            .await
-            .map_err(|_| GrpcError::Timeout(timeout))??;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%addr, error = %e, "etcd connection closed");
-            }
-        });
         Ok(Self {
-            base: format!("http://{addr}"),
-            sender,
+            link: H2Connection::connect(addr, timeout).await?,
         })
     }
 
@@ -99,17 +73,15 @@ impl EtcdConnection {
     ) -> Result<Bytes, GrpcError> {
         tokio::time::timeout(timeout, self.unary_unbounded(path, message))
             .await
-            .map_err(|_| GrpcError::Timeout(timeout))?
+            .map_err(|_| GrpcError::H2(H2Error::Timeout(timeout)))?
     }
 
     async fn unary_unbounded(&self, path: &str, message: Bytes) -> Result<Bytes, GrpcError> {
-        let request = Request::post(format!("{}{path}", self.base))
+        let request = Request::post(format!("{}{path}", self.link.base()))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .body(Full::new(wire::grpc_frame(&message)))?;
-        let mut sender = self.sender.clone();
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
+        let response = self.link.send(request).await?;
         if response.status() != StatusCode::OK {
             return Err(GrpcError::HttpStatus(response.status()));
         }
@@ -117,7 +89,7 @@ impl EtcdConnection {
         if let Some(result) = grpc_status(response.headers()) {
             result?;
         }
-        let collected = response.into_body().collect().await?;
+        let collected = response.into_body();
         let trailers_status = collected.trailers().and_then(grpc_status);
         let body = collected.to_bytes();
         trailers_status.ok_or(GrpcError::NoStatus)??;

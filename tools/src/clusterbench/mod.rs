@@ -4,6 +4,7 @@
 pub mod etcd_client;
 pub mod etcd_cluster;
 pub mod figures;
+pub mod h2;
 pub mod load;
 pub mod plots;
 pub mod process;

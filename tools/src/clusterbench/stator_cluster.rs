@@ -5,8 +5,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
 use serde_json::Value;
 
+use super::h2::H2Connection;
 use super::process::{free_port, poll_until, MemberProcess};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,12 +41,16 @@ struct StatorPeer {
     node_id: u64,
 }
 
-/// The admin API of every peer over HTTP/1.1 keep-alive; clones share the connection pool.
+/// The admin API of every peer; clones share the connections. Writes go over one HTTP/2
+/// connection per peer, as etcd's gRPC writes do (`h2.rs`); the occasional admin reads over
+/// HTTP/1.1 keep-alive.
 #[derive(Clone)]
 pub struct StatorClient {
     http: reqwest::Client,
     /// (base URL, admin token) per peer.
     peers: Vec<(String, String)>,
+    /// Per peer; `None` until `connect_writes` (and while a killed peer is down).
+    writes: Vec<Option<H2Connection>>,
 }
 
 impl StatorClient {
@@ -51,13 +58,28 @@ impl StatorClient {
         let http = reqwest::Client::builder()
             .http1_only()
             .tcp_nodelay(true)
-            .pool_max_idle_per_host(1024)
             .build()?;
-        Ok(Self { http, peers })
+        let writes = vec![None; peers.len()];
+        Ok(Self {
+            http,
+            peers,
+            writes,
+        })
     }
 
     pub fn peer_count(&self) -> usize {
         self.peers.len()
+    }
+
+    /// Opens the write connection to `peer` (its HTTP port must be accepting).
+    async fn connect_writes(&mut self, peer: usize) -> Result<()> {
+        let addr: SocketAddr = self.peers[peer]
+            .0
+            .trim_start_matches("http://")
+            .parse()
+            .context("peer base URL is not http://HOST:PORT")?;
+        self.writes[peer] = Some(H2Connection::connect(addr, ADMIN_TIMEOUT).await?);
+        Ok(())
     }
 
     /// `PUT /admin/v1/meta/{key}`: Ok once the write is committed and applied.
@@ -69,31 +91,28 @@ impl StatorClient {
         timeout: Duration,
     ) -> Result<(), String> {
         let (base, token) = &self.peers[peer];
-        let response = self
-            .http
-            .put(format!("{base}/admin/v1/meta/{key}"))
-            .bearer_auth(token)
-            .json(&serde_json::json!({ "value": value }))
-            .timeout(timeout)
-            .send()
+        let link = self.writes[peer]
+            .as_ref()
+            .ok_or_else(|| format!("no write connection to {base}"))?;
+        let body = serde_json::to_vec(&serde_json::json!({ "value": value }))
+            .map_err(|e| format!("request body: {e}"))?;
+        let request = hyper::Request::put(format!("{}/admin/v1/meta/{key}", link.base()))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("request: {e}"))?;
+        let response = tokio::time::timeout(timeout, link.send(request))
             .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    "timeout".to_string()
-                } else {
-                    format!("transport: {e}")
-                }
-            })?;
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| format!("transport: {e}"))?;
         let status = response.status();
-        // Read the body so the connection goes back to the pool.
-        let body = response.bytes().await.map_err(|e| format!("body: {e}"))?;
         if status.as_u16() == 200 {
             Ok(())
         } else {
             Err(format!(
                 "HTTP {}: {}",
                 status.as_u16(),
-                String::from_utf8_lossy(&body)
+                String::from_utf8_lossy(&response.into_body().to_bytes())
             ))
         }
     }
@@ -199,7 +218,10 @@ impl StatorCluster {
             bases.push((base, token));
             processes.push(process);
         }
-        let client = StatorClient::new(bases)?;
+        let mut client = StatorClient::new(bases)?;
+        for index in 0..size {
+            client.connect_writes(index).await?;
+        }
         let mut peers = Vec::new();
         for (index, process) in processes.into_iter().enumerate() {
             let node_id = client.status(index).await?["node_id"]
@@ -239,7 +261,20 @@ impl StatorCluster {
     pub async fn restart(&mut self, peer: usize) -> Result<()> {
         let process = &mut self.peers[peer].process;
         process.reap(Duration::from_secs(5)).await?;
-        process.start()
+        self.client.writes[peer] = None;
+        process.start()?;
+        let client = &self.client;
+        poll_until(START_TIMEOUT, Duration::from_millis(20), || async {
+            client.healthy(peer).await.then_some(())
+        })
+        .await
+        .ok_or_else(|| {
+            anyhow!(
+                "{} not healthy after restart",
+                self.peers[peer].process.name
+            )
+        })?;
+        self.client.connect_writes(peer).await
     }
 
     /// Every peer healthy, a leader elected, and the leader's state shows every member `up`.
