@@ -427,3 +427,54 @@ fn ctl_lists_members_prints_the_token_and_removes_a_member() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("admin token"));
 }
+
+/// HTTP/2 clients (prior knowledge, as gRPC-style clients multiplex many requests over one
+/// connection) are served on the same port as HTTP/1.1 ones, with the same answers.
+#[test]
+fn the_http_port_serves_http2_prior_knowledge_clients() {
+    let _s = serial();
+    let c = Cluster::start(3, &[]).unwrap();
+    wait_members(&c.peers[0], 3, 3, 0);
+    let token = c.peers[1].admin_token().unwrap();
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--http2-prior-knowledge",
+                "-w",
+                "\n%{http_version} %{http_code}",
+            ])
+            .args(args)
+            .output()
+            .expect("curl runs (tools/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let put = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("authorization: Bearer {token}"),
+        "-H",
+        "content-type: application/json",
+        "--data",
+        r#"{"value":"over-h2"}"#,
+        &format!("{}/admin/v1/meta/h2-key", c.peers[1].url()),
+    ]);
+    assert!(put.ends_with("\n2 200"), "PUT over HTTP/2: {put}");
+    // Without the token, HTTP/2 gets the same refusal as HTTP/1.1.
+    let refused = curl(&[&format!("{}/admin/v1/meta/h2-key", c.peers[1].url())]);
+    assert!(
+        refused.ends_with("\n2 401"),
+        "no token over HTTP/2: {refused}"
+    );
+    assert_eq!(
+        c.peers[2].get("h2-key").unwrap().as_deref(),
+        Some("over-h2"),
+        "the HTTP/2 write is replicated and readable over HTTP/1.1"
+    );
+}

@@ -8,10 +8,10 @@ cd "$(dirname "$0")/.."
 echo "==> Python test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
-echo "==> Debian packages the tests use (a real Prometheus server)"
-if ! command -v prometheus >/dev/null 2>&1; then
-  if [[ $(id -u) == 0 ]]; then apt-get update -qq && apt-get install -y -qq prometheus >/dev/null;
-  else sudo apt-get update -qq && sudo apt-get install -y -qq prometheus >/dev/null; fi
+echo "==> Debian packages the tests use (a real Prometheus server, curl)"
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
+  if [[ $(id -u) == 0 ]]; then apt-get update -qq && apt-get install -y -qq prometheus curl >/dev/null;
+  else sudo apt-get update -qq && sudo apt-get install -y -qq prometheus curl >/dev/null; fi
   # The package starts a system service we do not want; the tests run their own server.
   (systemctl stop prometheus || service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
 fi
