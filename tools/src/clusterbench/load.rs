@@ -1,5 +1,6 @@
-//! Closed-loop replicated writes: N writers, each with one write in flight at a time, spread
-//! round-robin over the members.
+//! Closed-loop replicated writes: N writers, each with one write in flight at a time; each
+//! writer moves to the next member after every write, so that at any concurrency (one writer
+//! included) the writes spread evenly over leader and followers, whichever member leads.
 
 use std::time::{Duration, Instant};
 
@@ -34,11 +35,12 @@ pub async fn closed_loop(
     let per_writer = (0..writers).map(|writer| async move {
         let mut done = Vec::new();
         let mut sequence = writer as u64;
+        let mut member = writer % members;
         while start.elapsed() < duration {
             let sent = Instant::now();
             let result = client
                 .put(
-                    writer % members,
+                    member,
                     &key_for(sequence, key_space),
                     &value_for(sequence),
                     timeout,
@@ -56,6 +58,7 @@ pub async fn closed_loop(
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             sequence += writers as u64;
+            member = (member + 1) % members;
         }
         done
     });

@@ -168,7 +168,7 @@ fn write_results(
         &json!({
             "environment": env,
             "method": {
-                "closed_loop": "each writer keeps one write in flight; writers round-robin over the members",
+                "closed_loop": "each writer keeps one write in flight and moves to the next member after every write",
                 "prefill": "every key written once before the first level, so the state has its full size throughout",
                 "warmup_s": settings.warmup_s,
                 "window_s": settings.window_s,
