@@ -84,9 +84,9 @@ impl SledLogStore {
         Ok(Some(*entry.get_log_id()))
     }
 
-    /// Makes everything written so far durable, on the calling thread. Not sled's
-    /// `flush_async`: that hands the flush to sled's I/O pool and then the pool hands the
-    /// buffer write to itself again, and every hand-off wakes all of the pool's idle threads.
+    /// Makes everything written so far durable, on the calling thread, which also writes
+    /// sled's buffer itself (`vendor/sled`). Not sled's `flush_async`: that hands the flush to
+    /// sled's I/O pool, one more thread wake-up and sleep per flush.
     fn flush(&self) -> io::Result<()> {
         self.log.flush().map(|_| ()).map_err(io::Error::other)
     }
