@@ -12,6 +12,8 @@ use crate::wire::{code_for, decode, encode};
 
 const HEADER_LEN: usize = 4;
 const PREALLOCATE_LIMIT: usize = 64 * 1024;
+/// Frames up to this size are copied into one buffer and written at once.
+const COALESCE_LIMIT: usize = 64 * 1024;
 
 pub(crate) async fn write_frame(
     send: &mut SendStream,
@@ -29,6 +31,14 @@ pub(crate) async fn write_frame(
         max,
     })?;
     let closed = |e: quinn::WriteError| RpcError::Closed(format!("write failed: {e}"));
+    if payload.len() <= COALESCE_LIMIT {
+        // One write: two would let the connection driver send the header alone in a packet
+        // of its own before the payload is written.
+        let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(payload);
+        return send.write_all(&frame).await.map_err(closed);
+    }
     send.write_all(&len.to_be_bytes()).await.map_err(closed)?;
     send.write_all(payload).await.map_err(closed)
 }

@@ -5,8 +5,11 @@
 //! metrics. It knows nothing about Raft or models.
 //!
 //! Wire format: every bidirectional stream starts with one frame (u32 big-endian length +
-//! postcard payload) naming an RPC method with its request, or a raw stream. An RPC gets one
-//! response frame carrying `Result<payload, RpcError>`. A bad frame closes only its stream.
+//! postcard payload) naming an RPC method with its request, a session of calls, or a raw
+//! stream. An RPC gets one response frame carrying `Result<payload, RpcError>`. Calls through
+//! [`Endpoint::call`] go over sessions: a stream per (peer, method) that stays open and
+//! carries one request frame and one response frame per call, one call at a time. A bad frame
+//! closes only its stream.
 //!
 //! Security: TLS 1.3 only (ring provider). Node certificates carry the DNS names
 //! `stator.cluster` (verified by clients) and `node-<id>.stator.cluster` (the id the server

@@ -12,6 +12,10 @@ pub(crate) enum StreamOpen {
     /// A raw framed stream; the server answers with one `Result<(), RpcError>` frame and then
     /// both sides exchange frames freely.
     Stream { name: String },
+    /// Calls of one method, one after another on the same stream: each request frame (the
+    /// encoded request) gets one `Result<Vec<u8>, RpcError>` frame, in order, until the
+    /// caller finishes the stream. A refused session gets one error frame and is finished.
+    Session { method: String },
 }
 
 /// Application error codes used when a stream is stopped or reset.

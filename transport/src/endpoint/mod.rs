@@ -5,6 +5,7 @@ mod handlers;
 mod pool;
 mod probe;
 mod server;
+mod session;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +30,9 @@ pub(crate) use call::call_on;
 use handlers::Handlers;
 use pool::Pool;
 use probe::spawn_probe;
+#[cfg(test)]
+pub(crate) use session::CLIENT_IDLE_LIMIT;
+use session::{call_in_session, Sessions};
 
 /// Frame limit on join connections: a joiner is not yet trusted with large allocations.
 pub(crate) const JOIN_MAX_FRAME_BYTES: usize = 1024 * 1024;
@@ -42,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) datagram_tx: mpsc::Sender<(PeerInfo, Bytes)>,
     /// Outgoing connections; the accepting side checks them when a peer connects anew.
     pub(crate) pool: Pool,
+    /// Idle RPC sessions on the pooled connections.
+    pub(crate) sessions: Sessions,
 }
 
 struct Inner {
@@ -158,6 +164,7 @@ impl Endpoint {
             handlers: Handlers::default(),
             datagram_tx,
             pool,
+            sessions: Sessions::default(),
         });
         tokio::spawn(server::accept_loop(quic.clone(), shared.clone()));
         tracing::info!(%local_addr, node_id = identity.node_id, "transport endpoint listening");
@@ -255,7 +262,15 @@ impl Endpoint {
             .map_err(|_| RpcError::Timeout)??;
         let heard_before = conn.stats().udp_rx.datagrams;
         let label = peer.label();
-        let call = call_on(&conn, M::NAME, payload, self.cfg().max_frame_bytes, &label);
+        let call = call_in_session(
+            &self.inner.shared.sessions,
+            &conn,
+            addr,
+            M::NAME,
+            &payload,
+            self.cfg().max_frame_bytes,
+            &label,
+        );
         match tokio::time::timeout_at(deadline, call).await {
             Ok(response) => decode(&response?),
             Err(_) => {
@@ -345,6 +360,7 @@ impl Endpoint {
     pub fn close(&self) {
         self.inner.quic.close(close::SHUTDOWN, b"endpoint closed");
         self.inner.shared.pool.clear();
+        self.inner.shared.sessions.clear();
     }
 
     /// The pooled QUIC connection to `addr`, for tests that must put raw bytes on the wire.

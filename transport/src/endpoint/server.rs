@@ -12,8 +12,9 @@ use crate::metrics::{self, Direction};
 use crate::tls::{JOIN_ALPN, MEMBER_ALPN};
 use crate::wire::{close, code_for, decode, encode, StreamOpen};
 
-use super::handlers::Lookup;
+use super::handlers::{Lookup, RpcHandler};
 use super::probe::probe_pooled;
+use super::session::SERVER_IDLE_LIMIT;
 use super::{peer_node_id, read_datagrams, Shared, JOIN_MAX_FRAME_BYTES};
 
 pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
@@ -131,6 +132,7 @@ async fn serve_stream(
             }
             let _ = respond(&ctx, &mut send, &result).await;
         }
+        StreamOpen::Session { method } => serve_session(&ctx, &method, join, send, recv).await,
         StreamOpen::Stream { name } => {
             let handler = if join {
                 Err(RpcError::NotAuthorized(
@@ -173,27 +175,76 @@ async fn read_opening(ctx: &StreamCtx, recv: &mut RecvStream) -> Result<StreamOp
     decode(&frame)
 }
 
-async fn run_rpc(
+fn rpc_handler(ctx: &StreamCtx, method: &str, join: bool) -> Result<RpcHandler, RpcError> {
+    match ctx.shared.handlers.rpc(method, join) {
+        Lookup::Found(handler) => Ok(handler),
+        Lookup::Unknown => Err(RpcError::UnknownMethod(method.to_string())),
+        Lookup::MembersOnly => Err(RpcError::NotAuthorized(format!(
+            "method {method} is not available to joining nodes"
+        ))),
+    }
+}
+
+async fn run_handler(
     ctx: &StreamCtx,
-    method: &str,
-    join: bool,
+    handler: &RpcHandler,
     payload: Vec<u8>,
 ) -> Result<Vec<u8>, RpcError> {
-    let handler = match ctx.shared.handlers.rpc(method, join) {
-        Lookup::Found(handler) => handler,
-        Lookup::Unknown => return Err(RpcError::UnknownMethod(method.to_string())),
-        Lookup::MembersOnly => {
-            return Err(RpcError::NotAuthorized(format!(
-                "method {method} is not available to joining nodes"
-            )))
-        }
-    };
     tokio::time::timeout(
         ctx.shared.cfg.rpc_timeout,
         handler(ctx.peer.clone(), payload),
     )
     .await
     .unwrap_or(Err(RpcError::Timeout))
+}
+
+async fn run_rpc(
+    ctx: &StreamCtx,
+    method: &str,
+    join: bool,
+    payload: Vec<u8>,
+) -> Result<Vec<u8>, RpcError> {
+    let handler = rpc_handler(ctx, method, join)?;
+    run_handler(ctx, &handler, payload).await
+}
+
+/// Answers the calls of one session in order until the caller finishes it, it stays idle
+/// past [`SERVER_IDLE_LIMIT`], or a frame is bad (then it ends like a bad one-off call).
+async fn serve_session(
+    ctx: &StreamCtx,
+    method: &str,
+    join: bool,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let handler = match rpc_handler(ctx, method, join) {
+        Ok(handler) => handler,
+        Err(err) => return refuse(ctx, send, recv, err).await,
+    };
+    loop {
+        let next = tokio::time::timeout(
+            SERVER_IDLE_LIMIT,
+            read_frame(&mut recv, ctx.max_frame_bytes),
+        )
+        .await;
+        let request = match next {
+            Ok(Ok(Some(request))) => request,
+            Ok(Ok(None)) => {
+                let _ = send.finish();
+                return;
+            }
+            Ok(Err(err)) => return refuse(ctx, send, recv, err).await,
+            Err(_) => return refuse(ctx, send, recv, RpcError::Timeout).await,
+        };
+        metrics::bytes_received(&ctx.label, request.len() + 4);
+        let result = run_handler(ctx, &handler, request).await;
+        if let Err(err) = &result {
+            tracing::debug!(peer = %ctx.label, %method, error = %err, "RPC in a session failed");
+        }
+        if write_response(ctx, &mut send, &result).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Writes the one response frame (with a deadline) and finishes the stream.

@@ -2,9 +2,11 @@
 
 mod auth;
 mod metrics;
+mod metrics_capture;
 mod pki;
 mod restart;
 mod rpc;
+mod sessions;
 mod streams;
 
 use std::net::SocketAddr;
