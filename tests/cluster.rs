@@ -138,7 +138,9 @@ fn a_killed_follower_is_marked_down_and_back_up_after_restart() {
 #[test]
 fn every_acknowledged_write_survives_kill9_of_all_peers() {
     let _s = serial();
-    let mut c = Cluster::start(3, &[]).unwrap();
+    // Snapshots every 100 entries: the peers restart from a snapshot (the only durable image
+    // of the state) with entries after it to re-apply from the log, and with a purged log.
+    let mut c = Cluster::start(3, &["--raft-snapshot-every", "100"]).unwrap();
     wait_members(&c.peers[0], 3, 3, 0);
     let acked = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -186,6 +188,12 @@ fn every_acknowledged_write_survives_kill9_of_all_peers() {
     }
     for p in &c.peers {
         p.wait_healthy(SETTLE).unwrap();
+    }
+    for p in &c.peers {
+        assert!(
+            metric_sum(p, "stator_raft_snapshot_index", "") > 0.0,
+            "a peer came back without a snapshot: the restart did not exercise one"
+        );
     }
     let (code, all) = c.peers[2].admin("GET", "/admin/v1/meta", None).unwrap();
     assert_eq!(code, 200);

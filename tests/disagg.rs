@@ -58,18 +58,6 @@ fn complete(url: &str, prompt: &str) -> Result<String> {
     })
 }
 
-/// Sum of the samples of `name` whose labels contain `label` (empty: all), 0 when absent.
-fn metric(peer: &Peer, name: &str, label: &str) -> f64 {
-    let Ok((200, body)) = http_get(&format!("{}/metrics", peer.url()), None) else {
-        return 0.0;
-    };
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter(|l| l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn model_args() -> Vec<String> {
     let model = default_model().display().to_string();
     [
@@ -140,11 +128,11 @@ fn disaggregated_prefill_is_token_exact_and_survives_the_prefill_peer_dying() {
             "prompt {i} differs through the prefill peer"
         );
     }
-    let remote = metric(&peers[prefill], "stator_prefill_total", "where=\"remote\"");
-    let sent = metric(&peers[prefill], "stator_kv_transfer_bytes_total", "sent");
+    let remote = metric_sum(&peers[prefill], "stator_prefill_total", "where=\"remote\"");
+    let sent = metric_sum(&peers[prefill], "stator_kv_transfer_bytes_total", "sent");
     let received: f64 = peers
         .iter()
-        .map(|p| metric(p, "stator_kv_transfer_bytes_total", "received"))
+        .map(|p| metric_sum(p, "stator_kv_transfer_bytes_total", "received"))
         .sum();
     eprintln!("remote prefills {remote}, KV bytes sent {sent}, received {received}");
     assert!(
@@ -160,12 +148,12 @@ fn disaggregated_prefill_is_token_exact_and_survives_the_prefill_peer_dying() {
     // 3. SIGKILL the prefill peer while it computes a transfer: the request still completes.
     let failures_before: f64 = peers
         .iter()
-        .map(|p| metric(p, "stator_kv_transfer_failures_total", ""))
+        .map(|p| metric_sum(p, "stator_kv_transfer_failures_total", ""))
         .sum();
     let url = peers[frontend].url();
     let client = std::thread::spawn(move || complete(&url, &slow));
     let busy = wait_for(Duration::from_secs(60), || {
-        (metric(&peers[prefill], "stator_worker_running_seqs", "") > 0.0).then_some(())
+        (metric_sum(&peers[prefill], "stator_worker_running_seqs", "") > 0.0).then_some(())
     });
     assert!(
         busy.is_some(),
@@ -187,7 +175,7 @@ fn disaggregated_prefill_is_token_exact_and_survives_the_prefill_peer_dying() {
         .iter_mut()
         .filter_map(|p| {
             p.is_running()
-                .then(|| metric(p, "stator_kv_transfer_failures_total", ""))
+                .then(|| metric_sum(p, "stator_kv_transfer_failures_total", ""))
         })
         .sum();
     assert!(

@@ -81,13 +81,7 @@ fn finish_all(streams: Vec<Stream>) -> Vec<Seen> {
 
 /// Sum of every sample of `name` on the peer's /metrics (0 when absent).
 fn metric(peer: &Peer, name: &str) -> f64 {
-    let Ok((200, body)) = http_get(&format!("{}/metrics", peer.url()), None) else {
-        return 0.0;
-    };
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(peer, name, "")
 }
 
 /// The samples of `name` on the peer's /metrics, for the test's output.

@@ -103,6 +103,13 @@ pub struct PeerArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub replace_voter_after_s: u64,
 
+    /// Build a Raft snapshot after this many log entries. The snapshot is the durable image of
+    /// the replicated state: a restart loads the newest one and re-applies the log after it,
+    /// and the log is purged up to 1,000 entries below it.
+    #[arg(long, value_name = "ENTRIES", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub raft_snapshot_every: u64,
+
     /// Node labels, KEY=VALUE (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,

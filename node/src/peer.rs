@@ -75,7 +75,10 @@ pub async fn run(args: PeerArgs) -> Result<()> {
     let endpoint = Endpoint::bind(args.listen, identity.clone(), TransportConfig::default())
         .with_context(|| format!("cannot listen for QUIC on {}", args.listen))?;
 
-    let raft_cfg = RaftConfig::default();
+    let raft_cfg = RaftConfig {
+        snapshot_every_entries: args.raft_snapshot_every,
+        ..RaftConfig::default()
+    };
     let raft = Arc::new(
         RaftNode::open(
             &data_dir.raft_dir(),

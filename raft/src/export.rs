@@ -38,6 +38,10 @@ fn export(
     metrics::gauge!("stator_raft_applied_index")
         .set(m.last_applied.map(|id| id.index).unwrap_or(0) as f64);
     metrics::gauge!("stator_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
+    metrics::gauge!("stator_raft_snapshot_index")
+        .set(m.snapshot.map(|id| id.index).unwrap_or(0) as f64);
+    metrics::gauge!("stator_raft_purged_index")
+        .set(m.purged.map(|id| id.index).unwrap_or(0) as f64);
     let is_leader = m.current_leader == Some(m.id);
     metrics::gauge!("stator_raft_is_leader").set(if is_leader { 1.0 } else { 0.0 });
     // Node ids are random u64s that an f64 gauge value cannot hold exactly, so the leader is a

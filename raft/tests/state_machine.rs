@@ -1,4 +1,4 @@
-//! The sled state machine on its own: publication to readers, persistence across reopen, and
+//! The sled state machine on its own: publication to readers, restart from the snapshot, and
 //! refusal of a corrupt snapshot.
 
 use std::collections::BTreeMap;
@@ -29,8 +29,12 @@ fn normal(index: u64, cmds: Vec<Command>) -> Entry<TypeConfig> {
     }
 }
 
+/// Apply publishes to readers and writes nothing; the durable image is the newest snapshot,
+/// so a reopened state machine starts there and openraft re-applies the log after it.
 #[tokio::test]
-async fn applied_state_is_published_and_survives_reopen() {
+async fn applied_state_is_published_and_a_reopen_resumes_from_the_newest_snapshot() {
+    use openraft::RaftSnapshotBuilder;
+
     let dir = TempDir::new().expect("temp dir");
     let membership = Membership::new(
         vec![[1u64].into_iter().collect()],
@@ -45,9 +49,7 @@ async fn applied_state_is_published_and_survives_reopen() {
         let db = open_db(dir.path()).await.expect("open");
         let (_log, mut sm) = open_stores(&db).expect("stores");
         let mut readers = sm.subscribe();
-        // Enough entries for the state image to be written (every 256 applied entries); what
-        // comes after the image is re-applied from the log by openraft at start.
-        let mut entries = vec![
+        let entries = vec![
             Entry {
                 log_id: log_id(1),
                 payload: EntryPayload::Membership(membership.clone()),
@@ -63,9 +65,8 @@ async fn applied_state_is_published_and_survives_reopen() {
             ),
             normal(3, vec![put("b")]),
         ];
-        entries.extend((4..=300).map(|i| normal(i, vec![put(&format!("k{i}"))])));
         let responses = sm.apply(entries).await.expect("apply");
-        assert_eq!(responses.len(), 300);
+        assert_eq!(responses.len(), 3);
         assert!(responses[0].0.is_empty());
         assert_eq!(responses[1].0[0], Ok(Applied::Done));
         assert_eq!(
@@ -73,21 +74,34 @@ async fn applied_state_is_published_and_survives_reopen() {
             Err(CommandError::UnknownMetaKey("zz".to_owned()))
         );
         assert!(readers.has_changed().expect("sender alive"));
-        let seen = readers.borrow_and_update().clone();
-        assert_eq!(seen.meta.len(), 299);
+        assert_eq!(readers.borrow_and_update().meta.len(), 2);
+
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("snapshot");
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id(3)));
+
+        let later: Vec<_> = (4..=300)
+            .map(|i| normal(i, vec![put(&format!("k{i}"))]))
+            .collect();
+        sm.apply(later).await.expect("apply");
+        assert_eq!(readers.borrow_and_update().meta.len(), 299);
         db.flush_async().await.expect("flush");
     }
     let db = open_db(dir.path()).await.expect("reopen");
     let (_log, mut sm) = open_stores(&db).expect("stores");
     let (applied, stored_membership) = sm.applied_state().await.expect("applied state");
-    assert_eq!(applied, Some(log_id(300)));
+    assert_eq!(applied, Some(log_id(3)), "starts at the snapshot");
     assert_eq!(stored_membership.log_id(), &Some(log_id(1)));
     assert_eq!(stored_membership.membership(), &membership);
     let state = sm.subscribe().borrow().clone();
+    assert!(state.meta.contains_key("a") && state.meta.contains_key("b"));
     assert!(
-        state.meta.contains_key("a")
-            && state.meta.contains_key("b")
-            && state.meta.contains_key("k300")
+        !state.meta.contains_key("k4"),
+        "entries after the snapshot come back from the log, not from an image"
     );
 }
 

@@ -396,6 +396,19 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// Sum of the samples of `name` on the peer's /metrics whose labels contain `label` (empty:
+/// all of them); 0 when absent or when the peer does not answer.
+pub fn metric_sum(peer: &Peer, name: &str, label: &str) -> f64 {
+    let Ok((200, body)) = http_get(&format!("{}/metrics", peer.url()), None) else {
+        return 0.0;
+    };
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter(|l| l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn http_get(url: &str, token: Option<&str>) -> Result<(u16, String)> {
     http_request("GET", url, token, None)
 }
