@@ -23,6 +23,9 @@ use crate::worker::kv_events::{KvFeedFrame, KEEPALIVE_INTERVAL, KV_EVENTS_STREAM
 const ATTEMPT_DEADLINE: Duration = Duration::from_secs(2);
 /// Silence after which a subscription counts as broken (the worker sends keepalives).
 const FRAME_DEADLINE: Duration = Duration::from_secs(3);
+/// How often at most the supervisor looks at the worker set again; a worker that joins or
+/// leaves is followed or dropped within this.
+const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -166,6 +169,10 @@ async fn supervise(raft: Arc<RaftNode>, endpoint: Endpoint, router: Weak<Mutex<R
         if state.changed().await.is_err() {
             break;
         }
+        // The state changes with every applied entry, thousands of times a second under
+        // writes, and the workers almost never: look again at most every RESCAN_INTERVAL
+        // (the changes in between are coalesced by the watch), not on every entry.
+        tokio::time::sleep(RESCAN_INTERVAL).await;
     }
     for sub in running.into_values() {
         sub.task.abort();
