@@ -51,6 +51,19 @@ struct Measured {
     p99_us: f64,
 }
 
+/// One line of the table (the header is printed in `main`).
+fn row(m: &Measured) -> String {
+    format!(
+        "{:<12} {:>7} {:>12.0} {:>12.1} {:>10.1} {:>10.1}",
+        m.name,
+        m.callers,
+        m.rounds as f64 / m.wall_s,
+        m.cpu_us_per_round,
+        m.p50_us,
+        m.p99_us
+    )
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     let i = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[i]
@@ -168,15 +181,7 @@ fn main() {
         for callers in [1usize, 16] {
             for stream in [false, true] {
                 let m = measure(&client_rt, &client, addr, stream, callers, rounds);
-                eprintln!(
-                    "round {round}: {:<12} callers {:>2}: {:>8.0} rounds/s  cpu {:>6.1} µs/round  p50 {:>6.1} µs  p99 {:>6.1} µs",
-                    m.name,
-                    m.callers,
-                    m.rounds as f64 / m.wall_s,
-                    m.cpu_us_per_round,
-                    m.p50_us,
-                    m.p99_us
-                );
+                eprintln!("round {round}: {}", row(&m));
                 rows.push(m);
             }
         }
@@ -197,15 +202,7 @@ fn main() {
                 (a.rounds as f64 / a.wall_s).total_cmp(&(b.rounds as f64 / b.wall_s))
             });
             let m = of[of.len() / 2];
-            println!(
-                "{:<12} {:>7} {:>12.0} {:>12.1} {:>10.1} {:>10.1}",
-                m.name,
-                m.callers,
-                m.rounds as f64 / m.wall_s,
-                m.cpu_us_per_round,
-                m.p50_us,
-                m.p99_us
-            );
+            println!("{}", row(m));
             json.push(format!(
                 "{{\"exchange\":\"{}\",\"callers\":{},\"rounds_per_s\":{:.0},\"cpu_us_per_round\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
                 m.name, m.callers, m.rounds as f64 / m.wall_s, m.cpu_us_per_round, m.p50_us, m.p99_us

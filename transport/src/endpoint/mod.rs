@@ -126,6 +126,24 @@ fn stateless_reset_key(identity: &NodeIdentity) -> Arc<dyn quinn::crypto::HmacKe
     Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &h.finalize()))
 }
 
+/// Opens a stream on `conn` and writes its opening frame.
+pub(crate) async fn open_with(
+    conn: &quinn::Connection,
+    opening: &StreamOpen,
+    max_frame_bytes: usize,
+    peer_label: &str,
+) -> Result<(quinn::SendStream, quinn::RecvStream), RpcError> {
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| RpcError::Closed(format!("cannot open stream: {e}")))?;
+    metrics::stream_opened(Direction::Outbound);
+    let opening = encode(opening)?;
+    write_frame(&mut send, &opening, max_frame_bytes).await?;
+    metrics::bytes_sent(peer_label, opening.len() + 4);
+    Ok((send, recv))
+}
+
 /// Closes a pooled connection whose peer stayed silent through a probe (see `probe.rs`).
 pub(crate) fn close_unresponsive(conn: &quinn::Connection, addr: SocketAddr) {
     tracing::debug!(%addr, "peer silent through a probe; closing the connection");
@@ -302,16 +320,10 @@ impl Endpoint {
         let max = self.cfg().max_frame_bytes;
         let (conn, peer) = self.connection(addr).await?;
         let label = peer.label();
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| RpcError::Closed(format!("cannot open stream: {e}")))?;
-        metrics::stream_opened(Direction::Outbound);
-        let opening = encode(&StreamOpen::Stream {
+        let opening = StreamOpen::Stream {
             name: name.to_string(),
-        })?;
-        write_frame(&mut send, &opening, max).await?;
-        metrics::bytes_sent(&label, opening.len() + 4);
+        };
+        let (send, mut recv) = open_with(&conn, &opening, max, &label).await?;
         let ack = read_frame(&mut recv, max)
             .await?
             .ok_or_else(|| RpcError::Closed("peer closed the stream before accepting it".into()))?;

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use quinn::{RecvStream, SendStream};
 
+use super::open_with;
 use crate::error::RpcError;
 use crate::frame::{read_frame, write_frame};
-use crate::metrics::{self, Direction};
-use crate::wire::{code, decode, encode, StreamOpen};
+use crate::metrics;
+use crate::wire::{code, decode, StreamOpen};
 
 /// A caller reuses a session only if it has been idle for less than this.
 pub(crate) const CLIENT_IDLE_LIMIT: Duration = Duration::from_secs(2);
@@ -145,15 +146,9 @@ async fn open(
     max_frame_bytes: usize,
     peer_label: &str,
 ) -> Result<Session, RpcError> {
-    let (mut send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| RpcError::Closed(format!("cannot open stream: {e}")))?;
-    metrics::stream_opened(Direction::Outbound);
-    let opening = encode(&StreamOpen::Session {
+    let opening = StreamOpen::Session {
         method: method.to_owned(),
-    })?;
-    write_frame(&mut send, &opening, max_frame_bytes).await?;
-    metrics::bytes_sent(peer_label, opening.len() + 4);
+    };
+    let (send, recv) = open_with(conn, &opening, max_frame_bytes, peer_label).await?;
     Ok(Session { send, recv })
 }

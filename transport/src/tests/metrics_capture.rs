@@ -34,6 +34,16 @@ fn key_text(key: &Key) -> String {
 }
 
 impl Captured {
+    /// The value behind a counter or gauge (a gauge keeps its f64's bits).
+    fn cell(&self, key: &Key) -> Arc<AtomicU64> {
+        self.values
+            .lock()
+            .unwrap()
+            .entry(key_text(key))
+            .or_default()
+            .clone()
+    }
+
     pub(crate) fn value(&self, key: &str) -> u64 {
         self.values
             .lock()
@@ -57,25 +67,11 @@ impl Recorder for Captured {
     fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
 
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        Counter::from_arc(
-            self.values
-                .lock()
-                .unwrap()
-                .entry(key_text(key))
-                .or_default()
-                .clone(),
-        )
+        Counter::from_arc(self.cell(key))
     }
 
     fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::from_arc(
-            self.values
-                .lock()
-                .unwrap()
-                .entry(key_text(key))
-                .or_default()
-                .clone(),
-        )
+        Gauge::from_arc(self.cell(key))
     }
 
     fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
@@ -88,4 +84,14 @@ impl Recorder for Captured {
                 .clone(),
         )
     }
+}
+
+/// Runs `test` on a current-thread runtime, so that every task stays on this thread under
+/// `captured` as the local recorder.
+pub(crate) fn run_recorded<F: std::future::Future>(captured: &Captured, test: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(captured, || runtime.block_on(test))
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::metrics_capture::Captured;
+use super::metrics_capture::{run_recorded, Captured};
 use super::{pair, Echo, Fail};
 use crate::frame::{read_frame, write_frame};
 use crate::wire::{decode, encode, StreamOpen};
@@ -17,6 +17,13 @@ impl Method for DelayedEcho {
     type Response = String;
 }
 
+fn serve_delayed_echo(endpoint: &crate::Endpoint) {
+    endpoint.register::<DelayedEcho, _, _>(|_peer, (millis, text)| async move {
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        Ok(text)
+    });
+}
+
 fn outbound_streams(captured: &Captured) -> u64 {
     captured.value("stator_transport_streams_total{direction=outbound}")
 }
@@ -24,47 +31,38 @@ fn outbound_streams(captured: &Captured) -> u64 {
 #[test]
 fn sequential_calls_share_one_stream_per_method() {
     let captured = Captured::default();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&captured, || {
-        runtime.block_on(async {
-            let p = pair();
-            let addr = p.b.local_addr();
-            for i in 0..50 {
-                let text = format!("call {i}");
-                assert_eq!(p.a.call::<Echo>(addr, &text).await.unwrap(), text);
-            }
-            assert_eq!(outbound_streams(&captured), 1);
-            // A handler's error does not end the session.
-            for _ in 0..3 {
-                assert_eq!(
-                    p.a.call::<Fail>(addr, &"no".into()).await,
-                    Err(RpcError::Remote("no".into()))
-                );
-            }
-            assert_eq!(outbound_streams(&captured), 2);
+    run_recorded(&captured, async {
+        let p = pair();
+        let addr = p.b.local_addr();
+        for i in 0..50 {
+            let text = format!("call {i}");
+            assert_eq!(p.a.call::<Echo>(addr, &text).await.unwrap(), text);
+        }
+        assert_eq!(outbound_streams(&captured), 1);
+        // A handler's error does not end the session.
+        for _ in 0..3 {
             assert_eq!(
-                p.a.call::<Echo>(addr, &"again".into()).await.unwrap(),
-                "again"
+                p.a.call::<Fail>(addr, &"no".into()).await,
+                Err(RpcError::Remote("no".into()))
             );
-            assert_eq!(outbound_streams(&captured), 2);
-            assert_eq!(
-                captured.samples("stator_transport_rpc_seconds{method=test.echo}"),
-                51
-            );
-        })
+        }
+        assert_eq!(outbound_streams(&captured), 2);
+        assert_eq!(
+            p.a.call::<Echo>(addr, &"again".into()).await.unwrap(),
+            "again"
+        );
+        assert_eq!(outbound_streams(&captured), 2);
+        assert_eq!(
+            captured.samples("stator_transport_rpc_seconds{method=test.echo}"),
+            51
+        );
     });
 }
 
 #[tokio::test]
 async fn an_abandoned_call_never_hands_its_answer_to_the_next_call() {
     let p = pair();
-    p.b.register::<DelayedEcho, _, _>(|_peer, (millis, text)| async move {
-        tokio::time::sleep(Duration::from_millis(millis)).await;
-        Ok(text)
-    });
+    serve_delayed_echo(&p.b);
     let addr = p.b.local_addr();
     assert_eq!(
         p.a.call::<DelayedEcho>(addr, &(0, "warm".into()))
@@ -98,10 +96,7 @@ async fn an_abandoned_call_never_hands_its_answer_to_the_next_call() {
 #[tokio::test]
 async fn concurrent_calls_of_one_method_each_get_their_own_answer() {
     let p = pair();
-    p.b.register::<DelayedEcho, _, _>(|_peer, (millis, text)| async move {
-        tokio::time::sleep(Duration::from_millis(millis)).await;
-        Ok(text)
-    });
+    serve_delayed_echo(&p.b);
     let addr = p.b.local_addr();
     for round in 0..3 {
         let calls = (0..32u64).map(|i| {
@@ -133,23 +128,16 @@ async fn a_refused_session_is_not_reused() {
 #[test]
 fn sessions_idle_past_the_client_limit_are_not_reused() {
     let captured = Captured::default();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&captured, || {
-        runtime.block_on(async {
-            let p = pair();
-            let addr = p.b.local_addr();
-            p.a.call::<Echo>(addr, &"first".into()).await.unwrap();
-            tokio::time::sleep(crate::endpoint::CLIENT_IDLE_LIMIT + Duration::from_millis(100))
-                .await;
-            assert_eq!(
-                p.a.call::<Echo>(addr, &"second".into()).await.unwrap(),
-                "second"
-            );
-            assert_eq!(outbound_streams(&captured), 2);
-        })
+    run_recorded(&captured, async {
+        let p = pair();
+        let addr = p.b.local_addr();
+        p.a.call::<Echo>(addr, &"first".into()).await.unwrap();
+        tokio::time::sleep(crate::endpoint::CLIENT_IDLE_LIMIT + Duration::from_millis(100)).await;
+        assert_eq!(
+            p.a.call::<Echo>(addr, &"second".into()).await.unwrap(),
+            "second"
+        );
+        assert_eq!(outbound_streams(&captured), 2);
     });
 }
 
