@@ -375,6 +375,12 @@ impl Endpoint {
         self.inner.shared.sessions.clear();
     }
 
+    /// (peer, method) pairs with idle RPC sessions kept, for tests.
+    #[cfg(test)]
+    pub(crate) fn idle_session_kinds(&self) -> usize {
+        self.inner.shared.sessions.kept()
+    }
+
     /// The pooled QUIC connection to `addr`, for tests that must put raw bytes on the wire.
     #[cfg(test)]
     pub(crate) async fn raw_connection(

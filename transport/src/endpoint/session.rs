@@ -43,15 +43,46 @@ struct Idle {
     sessions: Vec<(Session, Instant)>,
 }
 
-#[derive(Default)]
 pub(crate) struct Sessions {
-    idle: parking_lot::Mutex<HashMap<(SocketAddr, &'static str), Idle>>,
+    idle: parking_lot::Mutex<IdleSessions>,
+}
+
+struct IdleSessions {
+    by_method: HashMap<(SocketAddr, &'static str), Idle>,
+    /// When stale sessions of every peer and method were last dropped.
+    swept: Instant,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            idle: parking_lot::Mutex::new(IdleSessions {
+                by_method: HashMap::new(),
+                swept: Instant::now(),
+            }),
+        }
+    }
+}
+
+impl IdleSessions {
+    /// Drops the sessions no caller will reuse any more, with the entries they leave empty:
+    /// a stream keeps its connection's state alive, so those of peers that are gone or no
+    /// longer called would otherwise stay until that same (peer, method) is called again.
+    fn sweep(&mut self) {
+        self.swept = Instant::now();
+        self.by_method.retain(|_, entry| {
+            entry
+                .sessions
+                .retain(|(_, since)| since.elapsed() < CLIENT_IDLE_LIMIT);
+            !entry.sessions.is_empty()
+        });
+    }
 }
 
 impl Sessions {
     fn take(&self, addr: SocketAddr, method: &'static str, connection: usize) -> Option<Session> {
         let mut idle = self.idle.lock();
-        let entry = idle.get_mut(&(addr, method))?;
+        let entry = idle.by_method.get_mut(&(addr, method))?;
         if entry.connection != connection {
             // The connection was replaced; its sessions died with it.
             entry.connection = connection;
@@ -68,10 +99,16 @@ impl Sessions {
 
     fn put(&self, addr: SocketAddr, method: &'static str, connection: usize, session: Session) {
         let mut idle = self.idle.lock();
-        let entry = idle.entry((addr, method)).or_insert_with(|| Idle {
-            connection,
-            sessions: Vec::new(),
-        });
+        if idle.swept.elapsed() >= CLIENT_IDLE_LIMIT {
+            idle.sweep();
+        }
+        let entry = idle
+            .by_method
+            .entry((addr, method))
+            .or_insert_with(|| Idle {
+                connection,
+                sessions: Vec::new(),
+            });
         if entry.connection != connection {
             entry.connection = connection;
             entry.sessions.clear();
@@ -87,7 +124,13 @@ impl Sessions {
     }
 
     pub(crate) fn clear(&self) {
-        self.idle.lock().clear();
+        self.idle.lock().by_method.clear();
+    }
+
+    /// (peer, method) pairs with idle sessions kept.
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> usize {
+        self.idle.lock().by_method.len()
     }
 }
 

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use super::metrics_capture::{run_recorded, Captured};
-use super::{pair, Echo, Fail};
+use super::{endpoint, pair, serve_test_methods, Echo, Fail};
 use crate::frame::{read_frame, write_frame};
 use crate::wire::{decode, encode, StreamOpen};
-use crate::{Method, RpcError};
+use crate::{Method, RpcError, TransportConfig};
 
 /// Echoes the text after sleeping the given number of milliseconds.
 struct DelayedEcho;
@@ -139,6 +139,25 @@ fn sessions_idle_past_the_client_limit_are_not_reused() {
         );
         assert_eq!(outbound_streams(&captured), 2);
     });
+}
+
+#[tokio::test]
+async fn sessions_of_peers_no_longer_called_are_let_go() {
+    let p = pair();
+    let c = endpoint(&p.ca, 3, TransportConfig::default());
+    serve_test_methods(&c);
+    p.a.call::<Echo>(p.b.local_addr(), &"b".into())
+        .await
+        .unwrap();
+    p.a.call::<Echo>(c.local_addr(), &"c".into()).await.unwrap();
+    assert_eq!(p.a.idle_session_kinds(), 2);
+    c.close();
+    tokio::time::sleep(crate::endpoint::CLIENT_IDLE_LIMIT + Duration::from_millis(100)).await;
+    // Any later call sweeps what nobody will reuse: only B's session is kept.
+    p.a.call::<Echo>(p.b.local_addr(), &"b".into())
+        .await
+        .unwrap();
+    assert_eq!(p.a.idle_session_kinds(), 1);
 }
 
 #[tokio::test]
