@@ -63,7 +63,11 @@ pub fn open_stores(db: &sled::Db) -> Result<(SledLogStore, SledStateMachine), Ra
             .map_err(|e| RaftError::Storage(format!("opening sled tree {name}: {e}")))
     };
     let log_store = SledLogStore::new(tree("raft_log")?, tree("raft_meta")?);
-    let state_machine = SledStateMachine::open(tree("state_machine")?, tree("snapshot")?)
-        .map_err(|e| RaftError::Storage(e.to_string()))?;
+    // Data dirs written before snapshots became the only durable image also hold a copy of the
+    // whole state in this tree; nothing reads it any more.
+    db.drop_tree("state_machine")
+        .map_err(|e| RaftError::Storage(format!("dropping the old state tree: {e}")))?;
+    let state_machine =
+        SledStateMachine::open(tree("snapshot")?).map_err(|e| RaftError::Storage(e.to_string()))?;
     Ok((log_store, state_machine))
 }

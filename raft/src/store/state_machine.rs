@@ -1,5 +1,6 @@
-//! The applied [`ClusterState`] in sled, its snapshots, and the watch channel through which
-//! every local reader sees it.
+//! The applied [`ClusterState`], its snapshots in sled (the only durable image of it: a restart
+//! loads the newest and re-applies the log), and the watch channel through which every local
+//! reader sees it.
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,39 +11,26 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
     StorageError, StorageIOError, StoredMembership,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::codec::{decode, encode};
 use crate::model::{Batch, BatchResponse, ClusterState};
 use crate::types::{NodeId, PeerAddr, TypeConfig};
 
-const APPLIED_KEY: &[u8] = b"applied";
 const SNAPSHOT_META_KEY: &[u8] = b"meta";
 const SNAPSHOT_DATA_KEY: &[u8] = b"data";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 type Membership = StoredMembership<NodeId, PeerAddr>;
 
-/// Everything the state machine must find again after a restart, written as one record so a
-/// crash can never pair a state with the wrong applied index.
-#[derive(Deserialize)]
-struct AppliedRecord {
+/// What a restart starts from: the newest snapshot (or nothing), with the log after it.
+struct Restored {
     last_applied: Option<LogId<NodeId>>,
     last_membership: Membership,
     state: ClusterState,
 }
 
-/// The borrowed twin of [`AppliedRecord`] (same encoding) so persisting copies nothing.
-#[derive(Serialize)]
-struct AppliedRecordRef<'a> {
-    last_applied: &'a Option<LogId<NodeId>>,
-    last_membership: &'a Membership,
-    state: &'a ClusterState,
-}
-
 pub struct SledStateMachine {
-    sm: sled::Tree,
     snapshots: sled::Tree,
     last_applied: Option<LogId<NodeId>>,
     last_membership: Membership,
@@ -61,24 +49,16 @@ struct Spare {
 }
 
 impl SledStateMachine {
-    pub(crate) fn open(sm: sled::Tree, snapshots: sled::Tree) -> StorageResult<Self> {
-        let record = match sm.get(APPLIED_KEY).map_err(|e| read_sm(&e))? {
-            Some(bytes) => decode::<AppliedRecord>(&bytes).map_err(|e| read_sm(&e))?,
-            None => AppliedRecord {
-                last_applied: None,
-                last_membership: Membership::default(),
-                state: ClusterState::default(),
-            },
-        };
-        // The snapshot may be newer than the last written image: start from whichever is.
-        let record = match newer_snapshot(&snapshots, record.last_applied)? {
-            Some(from_snapshot) => from_snapshot,
-            None => record,
-        };
+    /// Starts from the newest snapshot in `snapshots`; openraft re-applies the log after it.
+    pub(crate) fn open(snapshots: sled::Tree) -> StorageResult<Self> {
+        let record = stored_snapshot(&snapshots)?.unwrap_or(Restored {
+            last_applied: None,
+            last_membership: Membership::default(),
+            state: ClusterState::default(),
+        });
         let state = Arc::new(record.state);
         let (published, _) = watch::channel(state.clone());
         Ok(Self {
-            sm,
             snapshots,
             last_applied: record.last_applied,
             last_membership: record.last_membership,
@@ -92,20 +72,6 @@ impl SledStateMachine {
     /// The live state, updated after every applied chunk.
     pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
         self.published.subscribe()
-    }
-
-    /// Writes the applied record; only an installed snapshot needs it (see `apply`).
-    fn persist(&mut self) -> StorageResult<()> {
-        let record = AppliedRecordRef {
-            last_applied: &self.last_applied,
-            last_membership: &self.last_membership,
-            state: &self.state,
-        };
-        let bytes = encode(&record).map_err(|e| write_sm(&e))?;
-        self.sm
-            .insert(APPLIED_KEY, bytes)
-            .map_err(|e| write_sm(&e))?;
-        Ok(())
     }
 
     fn publish(&self) {
@@ -141,38 +107,29 @@ impl SledStateMachine {
     }
 }
 
-/// The state stored with the current snapshot, when it is newer than `applied`.
-fn newer_snapshot(
-    snapshots: &sled::Tree,
-    applied: Option<LogId<NodeId>>,
-) -> StorageResult<Option<AppliedRecord>> {
+/// The current snapshot's encoded meta and data, if there is one.
+fn read_stored(snapshots: &sled::Tree) -> StorageResult<Option<(sled::IVec, sled::IVec)>> {
     let meta = snapshots
         .get(SNAPSHOT_META_KEY)
         .map_err(|e| read_snapshot(&e))?;
     let data = snapshots
         .get(SNAPSHOT_DATA_KEY)
         .map_err(|e| read_snapshot(&e))?;
-    let (Some(meta), Some(data)) = (meta, data) else {
+    Ok(meta.zip(data))
+}
+
+/// The state stored with the current snapshot, if there is one.
+fn stored_snapshot(snapshots: &sled::Tree) -> StorageResult<Option<Restored>> {
+    let Some((meta, data)) = read_stored(snapshots)? else {
         return Ok(None);
     };
     let meta: SnapshotMeta<NodeId, PeerAddr> = decode(&meta).map_err(|e| read_snapshot(&e))?;
-    if meta.last_log_id <= applied {
-        return Ok(None);
-    }
     let state: ClusterState = decode(&data).map_err(|e| read_snapshot(&e))?;
-    Ok(Some(AppliedRecord {
+    Ok(Some(Restored {
         last_applied: meta.last_log_id,
         last_membership: meta.last_membership,
         state,
     }))
-}
-
-fn read_sm(e: &dyn std::error::Error) -> StorageIOError<NodeId> {
-    StorageIOError::read_state_machine(openraft::AnyError::error(e.to_string()))
-}
-
-fn write_sm(e: &dyn std::error::Error) -> StorageIOError<NodeId> {
-    StorageIOError::write_state_machine(openraft::AnyError::error(e.to_string()))
 }
 
 fn read_snapshot(e: &dyn std::error::Error) -> StorageIOError<NodeId> {
@@ -305,23 +262,13 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         self.spare = None;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
-        self.persist()?;
-        self.sm.flush_async().await.map_err(|e| write_sm(&e))?;
         self.publish();
         tracing::info!(snapshot = %meta.snapshot_id, "installed raft snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let meta = self
-            .snapshots
-            .get(SNAPSHOT_META_KEY)
-            .map_err(|e| read_snapshot(&e))?;
-        let data = self
-            .snapshots
-            .get(SNAPSHOT_DATA_KEY)
-            .map_err(|e| read_snapshot(&e))?;
-        let (Some(meta), Some(data)) = (meta, data) else {
+        let Some((meta, data)) = read_stored(&self.snapshots)? else {
             return Ok(None);
         };
         let meta = decode(&meta).map_err(|e| read_snapshot(&e))?;
@@ -366,11 +313,8 @@ mod tests {
     #[tokio::test]
     async fn published_states_match_a_plain_replay_whether_or_not_readers_hold_them() {
         let db = sled::Config::new().temporary(true).open().expect("db");
-        let mut sm = SledStateMachine::open(
-            db.open_tree("state_machine").expect("tree"),
-            db.open_tree("snapshot").expect("tree"),
-        )
-        .expect("state machine");
+        let mut sm =
+            SledStateMachine::open(db.open_tree("snapshot").expect("tree")).expect("state machine");
         let readers = sm.subscribe();
         let mut reference = ClusterState::default();
         let mut index = 0;

@@ -35,9 +35,19 @@ pub(crate) async fn call_on(
         // Finishing an already-reset stream fails harmlessly; the response read reports why.
         let _ = send.finish();
     }
-    // Even when the write failed (the server stopped our stream) the server may have answered
-    // with an error frame that says why; prefer that over the bare write error.
-    let response = match read_frame(&mut recv, max_frame_bytes).await {
+    read_response(&mut recv, written, max_frame_bytes, peer_label).await
+}
+
+/// Reads the one response frame to a request whose write ended as `written`. Even when the
+/// write failed (the server stopped our stream) the server may have answered with an error
+/// frame that says why; that is preferred over the bare write error.
+pub(crate) async fn read_response(
+    recv: &mut quinn::RecvStream,
+    written: Result<(), RpcError>,
+    max_frame_bytes: usize,
+    peer_label: &str,
+) -> Result<Vec<u8>, RpcError> {
+    let response = match read_frame(recv, max_frame_bytes).await {
         Ok(Some(frame)) => frame,
         Ok(None) => {
             return Err(written.err().unwrap_or_else(|| {

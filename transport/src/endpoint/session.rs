@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use quinn::{RecvStream, SendStream};
 
+use super::call::read_response;
 use super::open_with;
 use crate::error::RpcError;
-use crate::frame::{read_frame, write_frame};
+use crate::frame::write_frame;
 use crate::metrics;
-use crate::wire::{code, decode, StreamOpen};
+use crate::wire::StreamOpen;
 
 /// A caller reuses a session only if it has been idle for less than this.
 pub(crate) const CLIENT_IDLE_LIMIT: Duration = Duration::from_secs(2);
@@ -157,27 +158,15 @@ pub(crate) async fn call_in_session(
         None => open(conn, method, max_frame_bytes, peer_label).await?,
     };
     let written = write_frame(&mut session.send, payload, max_frame_bytes).await;
-    if written.is_ok() {
+    let written_ok = written.is_ok();
+    if written_ok {
         metrics::bytes_sent(peer_label, payload.len() + 4);
     }
     // As in a one-off call: a server that refused the session says why in a response frame.
-    let response = match read_frame(&mut session.recv, max_frame_bytes).await {
-        Ok(Some(frame)) => frame,
-        Ok(None) => {
-            return Err(written.err().unwrap_or_else(|| {
-                RpcError::Closed("peer closed the session without a response".into())
-            }))
-        }
-        Err(read_error) => {
-            let _ = session.recv.stop(code::CANCELLED);
-            return Err(written.err().unwrap_or(read_error));
-        }
-    };
-    metrics::bytes_received(peer_label, response.len() + 4);
-    let result = decode::<Result<Vec<u8>, RpcError>>(&response)?;
+    let result = read_response(&mut session.recv, written, max_frame_bytes, peer_label).await;
     // A handler's own error leaves the session as good as a success; any other error (a
     // refused session, a request the server could not read) may have ended it.
-    if written.is_ok() && matches!(result, Ok(_) | Err(RpcError::Remote(_))) {
+    if written_ok && matches!(result, Ok(_) | Err(RpcError::Remote(_))) {
         sessions.put(addr, method, connection, session);
     }
     result
