@@ -1,13 +1,20 @@
-//! Publishes Raft metrics through the `metrics` facade whenever openraft's metrics change.
+//! Publishes Raft metrics through the `metrics` facade when openraft's metrics change, at
+//! most once per [`EXPORT_INTERVAL`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::RaftMetrics;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::types::{NodeId, PeerAddr};
+
+/// openraft's metrics change several times per log entry; following each change woke this
+/// task (and often a sleeping thread) thousands of times a second under load. A scrape sees
+/// values at most this old.
+const EXPORT_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Ends when the Raft instance is dropped (its metrics channel closes).
 pub(crate) fn spawn_exporter(
@@ -21,6 +28,7 @@ pub(crate) fn spawn_exporter(
                 let m = metrics.borrow_and_update();
                 export(&m, &committed_index, &mut last_leader);
             }
+            tokio::time::sleep(EXPORT_INTERVAL).await;
             if metrics.changed().await.is_err() {
                 break;
             }

@@ -129,7 +129,9 @@ impl RaftNode {
             .is_some()
     }
 
-    /// Makes this node a one-node cluster and waits until it leads.
+    /// Makes this node a one-node cluster and waits until it leads and has applied its own
+    /// log, so that the first membership change (a join) is not refused as overlapping the
+    /// bootstrap membership.
     pub async fn bootstrap(&self, self_addr: PeerAddr) -> Result<(), RaftError> {
         let members = BTreeMap::from([(self.core.id, self_addr)]);
         match self.core.raft.initialize(members).await {
@@ -143,7 +145,14 @@ impl RaftNode {
         self.core
             .raft
             .wait(Some(timeout))
-            .current_leader(self.core.id, "bootstrap")
+            .metrics(
+                |m| {
+                    m.current_leader == Some(m.id)
+                        && m.last_log_index.is_some()
+                        && m.last_applied.map(|id| id.index) >= m.last_log_index
+                },
+                "bootstrap",
+            )
             .await
             .map_err(|_| RaftError::Timeout {
                 what: "becoming leader after bootstrap",
@@ -401,12 +410,14 @@ impl NodeCore {
     /// Resolves once this node knows a leader other than `leader` of `term`: another node,
     /// or `leader` again in a later term (it restarted and was re-elected).
     async fn leader_replaced(&self, leader: NodeId, term: u64) {
-        let mut metrics = self.raft.metrics();
+        // Server metrics change only with the vote, the leader or the membership; the full
+        // metrics change with every entry, which would wake this wait several times per write.
+        let mut metrics = self.raft.server_metrics();
         loop {
             {
                 let m = metrics.borrow_and_update();
                 if let Some(now) = m.current_leader {
-                    if now != leader || m.current_term > term {
+                    if now != leader || m.vote.leader_id().get_term() > term {
                         return;
                     }
                 }
@@ -418,8 +429,16 @@ impl NodeCore {
         }
     }
 
+    /// The term of the persisted vote, the one `server_metrics` reports: the leader waits
+    /// above compare against it, and the full metrics' `current_term` (the in-memory vote)
+    /// can differ from it.
     fn current_term(&self) -> u64 {
-        self.raft.metrics().borrow().current_term
+        self.raft
+            .server_metrics()
+            .borrow()
+            .vote
+            .leader_id()
+            .get_term()
     }
 
     /// Waits for a known leader; with `avoid = (id, term)`, a leader other than `id`, or `id`
@@ -429,13 +448,13 @@ impl NodeCore {
         deadline: Instant,
         avoid: Option<(NodeId, u64)>,
     ) -> Result<(NodeId, PeerAddr), RaftError> {
-        let mut metrics = self.raft.metrics();
+        let mut metrics = self.raft.server_metrics();
         loop {
             {
                 let m = metrics.borrow_and_update();
                 if let Some(id) = m.current_leader {
                     let acceptable = match avoid {
-                        Some((bad, term)) => id != bad || m.current_term > term,
+                        Some((bad, term)) => id != bad || m.vote.leader_id().get_term() > term,
                         None => true,
                     };
                     if acceptable {

@@ -1,8 +1,7 @@
 //! The per-node writer: coalesces submissions into one log entry (one `client_write`, or one
 //! forward to the leader) and answers them once the entry is applied on this node. On the
 //! leader, what followers forward goes through it too, so that the writes of every member
-//! share entries: each entry costs a flush on every member, one after another (openraft 0.9
-//! waits for each append's flush before its next step).
+//! share entries: each entry costs a flush on every member.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -13,6 +13,7 @@ use openraft::{
 };
 
 use super::codec::{decode, encode, index_key};
+use super::flusher::Flusher;
 use crate::types::{NodeId, TypeConfig};
 
 const VOTE_KEY: &[u8] = b"vote";
@@ -28,15 +29,17 @@ pub struct SledLogStore {
     meta: sled::Tree,
     /// Latest committed index openraft reported, for metrics (openraft's metrics lack it).
     committed_index: Arc<AtomicU64>,
+    flusher: Arc<Flusher>,
 }
 
 impl SledLogStore {
-    pub(crate) fn new(log: sled::Tree, meta: sled::Tree) -> Self {
-        Self {
+    pub(crate) fn new(log: sled::Tree, meta: sled::Tree) -> io::Result<Self> {
+        Ok(Self {
             log,
             meta,
             committed_index: Arc::new(AtomicU64::new(0)),
-        }
+            flusher: Arc::new(Flusher::start()?),
+        })
     }
 
     /// Live view of the committed log index (0 before anything is committed).
@@ -197,10 +200,17 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
                 .insert(index_key(entry.get_log_id().index), bytes)
                 .map_err(|e| write_logs(&e))?;
         }
-        // Flushed here, before returning: openraft 0.9's core waits for this callback before
-        // it does anything else (it does not overlap appends), so handing the flush to a
-        // thread of our own only added two wake-ups to every append.
-        callback.log_io_completed(self.flush());
+        if callback.blocks_raft_core() {
+            // A follower answers the leader only after this; a hand-off to the flusher would
+            // add two thread wake-ups to that wait and overlap nothing.
+            callback.log_io_completed(self.flush());
+        } else {
+            // A leader's core replicates these entries while they are flushed (`flusher.rs`).
+            self.flusher.flush_then(
+                &self.log,
+                Box::new(|result| callback.log_io_completed(result)),
+            );
+        }
         Ok(())
     }
 

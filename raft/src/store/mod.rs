@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 mod codec;
+mod flusher;
 mod log;
 mod state_machine;
 
@@ -62,7 +63,8 @@ pub fn open_stores(db: &sled::Db) -> Result<(SledLogStore, SledStateMachine), Ra
         db.open_tree(name)
             .map_err(|e| RaftError::Storage(format!("opening sled tree {name}: {e}")))
     };
-    let log_store = SledLogStore::new(tree("raft_log")?, tree("raft_meta")?);
+    let log_store = SledLogStore::new(tree("raft_log")?, tree("raft_meta")?)
+        .map_err(|e| RaftError::Storage(format!("starting the log flusher: {e}")))?;
     // Data dirs written before snapshots became the only durable image also hold a copy of the
     // whole state in this tree; nothing reads it any more.
     db.drop_tree("state_machine")
