@@ -15,7 +15,7 @@ use std::thread;
 /// Called with the flush's result once the entries it covers are durable (or not).
 pub(super) type Completion = Box<dyn FnOnce(io::Result<()>) + Send>;
 
-type FlushFn = Arc<dyn Fn(&sled::Tree) -> io::Result<()> + Send + Sync>;
+pub(super) type FlushFn = Arc<dyn Fn(&sled::Tree) -> io::Result<()> + Send + Sync>;
 
 /// A flush request: the entries it covers are already inserted into `tree`.
 struct Pending {
@@ -36,13 +36,19 @@ impl Flusher {
         Self::start_with(Arc::new(flush_sled))
     }
 
-    fn start_with(flush: FlushFn) -> io::Result<Self> {
+    /// With a flush of the caller's (tests hold flushes back with it).
+    pub(super) fn start_with(flush: FlushFn) -> io::Result<Self> {
         let (requests, pending) = mpsc::channel();
         let thread_flush = flush.clone();
         thread::Builder::new()
             .name("raft-log-flush".into())
             .spawn(move || flush_until_closed(&pending, &*thread_flush))?;
         Ok(Self { requests, flush })
+    }
+
+    /// Makes everything inserted into `tree` so far durable, on the calling thread.
+    pub(super) fn flush_now(&self, tree: &sled::Tree) -> io::Result<()> {
+        (self.flush)(tree)
     }
 
     /// Calls `done` once everything inserted into `tree` so far is durable.
@@ -54,8 +60,7 @@ impl Flusher {
         if let Err(mpsc::SendError(pending)) = self.requests.send(pending) {
             // Only if the thread died (a panic in a completion): flush here rather than lose
             // a completion.
-            let result = (self.flush)(&pending.tree);
-            (pending.done)(result);
+            (pending.done)(self.flush_now(&pending.tree));
         }
     }
 }
@@ -75,7 +80,7 @@ fn flush_until_closed(
     }
 }
 
-fn flush_sled(tree: &sled::Tree) -> io::Result<()> {
+pub(super) fn flush_sled(tree: &sled::Tree) -> io::Result<()> {
     tree.flush().map(|_| ()).map_err(io::Error::other)
 }
 
@@ -89,96 +94,122 @@ fn copy_result(result: &io::Result<()>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use super::*;
 
-    fn temp_tree() -> (tempfile::TempDir, sled::Tree) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = sled::open(dir.path()).expect("sled");
-        let tree = db.open_tree("log").expect("tree");
-        (dir, tree)
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// A flusher whose flushes each wait for the test's go-ahead (and their result), and
+    /// which records completions as (append id, ok).
+    struct Harness {
+        _dir: tempfile::TempDir,
+        tree: sled::Tree,
+        flusher: Flusher,
+        started: mpsc::Receiver<()>,
+        release: mpsc::Sender<io::Result<()>>,
+        done: Arc<Mutex<Vec<(u32, bool)>>>,
     }
 
-    /// A flush that waits for the test's go-ahead and reports each start.
-    fn gated() -> (FlushFn, mpsc::Receiver<()>, mpsc::Sender<io::Result<()>>) {
-        let (started_tx, started) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel::<io::Result<()>>();
-        let release_rx = Mutex::new(release_rx);
-        let flush: FlushFn = Arc::new(move |_tree: &sled::Tree| {
-            started_tx.send(()).expect("test alive");
-            release_rx
-                .lock()
-                .expect("lock")
-                .recv_timeout(Duration::from_secs(10))
-                .expect("released")
-        });
-        (flush, started, release)
-    }
+    impl Harness {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let tree = sled::open(dir.path())
+                .and_then(|db| db.open_tree("log"))
+                .expect("sled tree");
+            let (started_tx, started) = mpsc::channel();
+            let (release, release_rx) = mpsc::channel::<io::Result<()>>();
+            let release_rx = Mutex::new(release_rx);
+            let flush: FlushFn = Arc::new(move |_tree: &sled::Tree| {
+                started_tx.send(()).expect("test alive");
+                release_rx
+                    .lock()
+                    .expect("lock")
+                    .recv_timeout(WAIT)
+                    .expect("released")
+            });
+            Self {
+                _dir: dir,
+                tree,
+                flusher: Flusher::start_with(flush).expect("flusher"),
+                started,
+                release,
+                done: Arc::new(Mutex::new(Vec::new())),
+            }
+        }
 
-    fn recorder(log: &Arc<Mutex<Vec<(u32, bool)>>>, id: u32) -> Completion {
-        let log = log.clone();
-        Box::new(move |result| log.lock().expect("lock").push((id, result.is_ok())))
+        fn append(&self, id: u32) {
+            let done = self.done.clone();
+            let completion: Completion =
+                Box::new(move |result| done.lock().expect("lock").push((id, result.is_ok())));
+            self.flusher.flush_then(&self.tree, completion);
+        }
+
+        fn flush_started(&self) {
+            self.started.recv_timeout(WAIT).expect("a flush starts");
+        }
+
+        fn finish_flush(&self, result: io::Result<()>) {
+            self.release.send(result).expect("flusher alive");
+        }
+
+        fn completions_after(&self, settle: Duration) -> Vec<(u32, bool)> {
+            std::thread::sleep(settle);
+            self.done.lock().expect("lock").clone()
+        }
+
+        fn wait_for_completions(&self, count: usize) -> Vec<(u32, bool)> {
+            let deadline = Instant::now() + WAIT;
+            while self.done.lock().expect("lock").len() < count && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.done.lock().expect("lock").clone()
+        }
     }
 
     #[test]
     fn completes_only_after_the_flush_and_groups_what_queued_meanwhile() {
-        let (_dir, tree) = temp_tree();
-        let (flush, started, release) = gated();
-        let flusher = Flusher::start_with(flush).expect("flusher");
-        let done = Arc::new(Mutex::new(Vec::new()));
-
-        flusher.flush_then(&tree, recorder(&done, 1));
-        started
-            .recv_timeout(Duration::from_secs(5))
-            .expect("first flush starts");
+        let h = Harness::new();
+        h.append(1);
+        h.flush_started();
         // Queued while the first flush is in progress: they wait for a second one.
-        flusher.flush_then(&tree, recorder(&done, 2));
-        flusher.flush_then(&tree, recorder(&done, 3));
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(
-            done.lock().expect("lock").is_empty(),
-            "completed before any flush ended"
+        h.append(2);
+        h.append(3);
+        let settle = Duration::from_millis(50);
+        assert_eq!(
+            h.completions_after(settle),
+            vec![],
+            "completed before its flush ended"
         );
 
-        release.send(Ok(())).expect("release first");
-        started
-            .recv_timeout(Duration::from_secs(5))
-            .expect("second flush starts");
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(*done.lock().expect("lock"), vec![(1, true)]);
+        h.finish_flush(Ok(()));
+        h.flush_started();
+        assert_eq!(h.completions_after(settle), vec![(1, true)]);
 
-        release.send(Ok(())).expect("release second");
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while done.lock().expect("lock").len() < 3 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        h.finish_flush(Ok(()));
         assert_eq!(
-            *done.lock().expect("lock"),
+            h.wait_for_completions(3),
             vec![(1, true), (2, true), (3, true)]
         );
-        // Two flushes served three appends.
-        assert!(started.try_recv().is_err(), "a third flush ran");
+        assert!(
+            h.started.try_recv().is_err(),
+            "three appends took more than two flushes"
+        );
     }
 
     #[test]
-    fn a_failed_flush_fails_every_append_it_covered() {
-        let (_dir, tree) = temp_tree();
-        let (flush, started, release) = gated();
-        let flusher = Flusher::start_with(flush).expect("flusher");
-        let done = Arc::new(Mutex::new(Vec::new()));
-
-        flusher.flush_then(&tree, recorder(&done, 1));
-        started
-            .recv_timeout(Duration::from_secs(5))
-            .expect("flush starts");
-        release
-            .send(Err(io::Error::other("disk full")))
-            .expect("release");
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while done.lock().expect("lock").is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(*done.lock().expect("lock"), vec![(1, false)]);
+    fn a_failed_flush_fails_every_append_it_covered_and_no_other() {
+        let h = Harness::new();
+        h.append(1);
+        h.flush_started();
+        h.append(2);
+        h.append(3);
+        h.finish_flush(Ok(()));
+        h.flush_started();
+        h.finish_flush(Err(io::Error::other("disk full")));
+        assert_eq!(
+            h.wait_for_completions(3),
+            vec![(1, true), (2, false), (3, false)]
+        );
     }
 }

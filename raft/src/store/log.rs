@@ -34,12 +34,16 @@ pub struct SledLogStore {
 
 impl SledLogStore {
     pub(crate) fn new(log: sled::Tree, meta: sled::Tree) -> io::Result<Self> {
-        Ok(Self {
+        Ok(Self::with_flusher(log, meta, Flusher::start()?))
+    }
+
+    pub(super) fn with_flusher(log: sled::Tree, meta: sled::Tree, flusher: Flusher) -> Self {
+        Self {
             log,
             meta,
             committed_index: Arc::new(AtomicU64::new(0)),
-            flusher: Arc::new(Flusher::start()?),
-        })
+            flusher: Arc::new(flusher),
+        }
     }
 
     /// Live view of the committed log index (0 before anything is committed).
@@ -91,7 +95,7 @@ impl SledLogStore {
     /// sled's buffer itself (`vendor/sled`). Not sled's `flush_async`: that hands the flush to
     /// sled's I/O pool, one more thread wake-up and sleep per flush.
     fn flush(&self) -> io::Result<()> {
-        self.log.flush().map(|_| ()).map_err(io::Error::other)
+        self.flusher.flush_now(&self.log)
     }
 }
 

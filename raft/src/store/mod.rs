@@ -9,6 +9,8 @@ mod codec;
 mod flusher;
 mod log;
 mod state_machine;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
