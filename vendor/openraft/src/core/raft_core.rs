@@ -1278,6 +1278,7 @@ where
                 }
             }
 
+            // stator patch: a leader's own append is durable (or failed); see AppendInputEntries.
             Notify::LocalLogFlushed { vote, log_id, result } => {
                 if let Err(e) = result {
                     return Err(Fatal::from(StorageError::from(StorageIOError::write_logs(AnyError::error(e)))));

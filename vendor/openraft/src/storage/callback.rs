@@ -78,15 +78,19 @@ where C: RaftTypeConfig
         if let Err(e) = &result {
             tracing::error!("LogFlush error: {}, while flushing upto {}", e, self.log_io_id);
         }
-        let sent = match self.waiter {
-            FlushWaiter::Awaited(tx) => tx.send(result.map(|()| self.log_io_id)).is_ok(),
-            FlushWaiter::Notified { tx, vote, log_id } => {
-                tx.send(Notify::LocalLogFlushed { vote, log_id, result }).is_ok()
+        match self.waiter {
+            FlushWaiter::Awaited(tx) => {
+                if tx.send(result.map(|()| self.log_io_id)).is_err() {
+                    tracing::error!("failed to send log io completion event");
+                }
             }
-        };
-
-        if !sent {
-            tracing::error!("failed to send log io completion event");
+            FlushWaiter::Notified { tx, vote, log_id } => {
+                // Nobody waits for this one: a closed channel only means RaftCore has stopped
+                // since the append (a shutdown), which is not an error.
+                if tx.send(Notify::LocalLogFlushed { vote, log_id, result }).is_err() {
+                    tracing::debug!("RaftCore stopped before the leader's flush completed");
+                }
+            }
         }
     }
 }
