@@ -27,6 +27,10 @@ struct Args {
     /// Measure stator only.
     #[arg(long)]
     skip_etcd: bool,
+    /// Members of each cluster (odd). `--members 1 --trials 0` measures one machine's write
+    /// path with no replication: the floor that replication adds its round trips to.
+    #[arg(long, default_value_t = 3)]
+    members: usize,
     /// Concurrent writers, one measurement per value.
     #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
     writers: Vec<usize>,
@@ -74,6 +78,12 @@ fn main() -> Result<()> {
     if args.writers.is_empty() || args.writers.contains(&0) {
         bail!("--writers needs positive counts");
     }
+    if args.members % 2 == 0 || !(1..=7).contains(&args.members) {
+        bail!("--members must be odd, from 1 to 7");
+    }
+    if args.members < 3 && args.trials > 0 {
+        bail!("kill trials need at least 3 members (a majority must survive): pass --trials 0");
+    }
     if !(1..=1_000_000).contains(&args.key_space) {
         bail!("--key-space must be between 1 and 1000000");
     }
@@ -95,6 +105,7 @@ fn main() -> Result<()> {
     let settings = Settings {
         stator_bin: args.stator_bin,
         etcd_bin: (!args.skip_etcd).then_some(args.etcd_bin),
+        members: args.members,
         writers: args.writers,
         key_space: args.key_space,
         warmup_s: args.warmup_s,

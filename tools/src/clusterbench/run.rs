@@ -17,6 +17,8 @@ use super::trials::{detection_trial, failover_trial, TrialSettings};
 pub struct Settings {
     pub stator_bin: PathBuf,
     pub etcd_bin: Option<PathBuf>,
+    /// Members of each cluster.
+    pub members: usize,
     pub writers: Vec<usize>,
     pub key_space: u64,
     pub warmup_s: f64,
@@ -34,8 +36,6 @@ pub struct Settings {
     pub keep_dirs: bool,
 }
 
-const CLUSTER_SIZE: usize = 3;
-
 pub async fn run(settings: &Settings) -> Result<String> {
     let mut writes = Vec::new();
     let mut trials = Vec::new();
@@ -50,15 +50,16 @@ pub async fn run(settings: &Settings) -> Result<String> {
         // Kept from the start, so that a run that fails still leaves its logs behind.
         root.disable_cleanup(settings.keep_dirs);
         eprintln!(
-            "[{}] starting 3 members under {}",
+            "[{}] starting {} members under {}",
             kind.name(),
+            settings.members,
             root.path().display()
         );
         let mut cluster = Cluster::start(
             kind,
             &binary,
             root.path(),
-            CLUSTER_SIZE,
+            settings.members,
             &settings.stator_log,
         )
         .await?;
@@ -107,9 +108,11 @@ pub async fn run(settings: &Settings) -> Result<String> {
             eprintln!("[{}] failover {trial}: {outcome:?} ms", kind.name());
             failover.push(outcome);
         }
-        let target = (kind == SystemKind::Stator).then_some(600.0);
-        trials.push(TrialFigure::new(kind, "failover", &failover, target));
-        if let Cluster::Stator(stator) = &mut cluster {
+        if settings.trials > 0 {
+            let target = (kind == SystemKind::Stator).then_some(600.0);
+            trials.push(TrialFigure::new(kind, "failover", &failover, target));
+        }
+        if let (Cluster::Stator(stator), true) = (&mut cluster, settings.trials > 0) {
             let mut detection = Vec::new();
             for trial in 0..settings.trials {
                 let outcome = detection_trial(
@@ -137,9 +140,10 @@ pub async fn run(settings: &Settings) -> Result<String> {
 fn environment(settings: &Settings) -> serde_json::Value {
     json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "note": "3 members and the client share this machine's cores over loopback; one system runs at a time",
-        "stator": "3 peers, --no-model, default settings",
-        "etcd": "3 members, etcd defaults (heartbeat 100 ms, election timeout 1000 ms), gRPC KV/Put over HTTP/2 cleartext",
+        "note": "the members and the client share this machine's cores over loopback; one system runs at a time",
+        "members": settings.members,
+        "stator": "peers with --no-model, default settings",
+        "etcd": "etcd defaults (heartbeat 100 ms, election timeout 1000 ms), gRPC KV/Put over HTTP/2 cleartext",
         "etcd_binary": settings.etcd_bin.as_ref().map(|p| p.display().to_string()),
         "key_bytes": 16,
         "value_bytes": 64,
@@ -218,6 +222,9 @@ fn write_results(
     }
     for what in ["failover", "detection"] {
         let figures = by_what(what);
+        if figures.is_empty() {
+            continue;
+        }
         let series: Vec<(String, &[f64])> = figures
             .iter()
             .map(|f| (f.system.name().to_string(), f.trials_ms.as_slice()))
