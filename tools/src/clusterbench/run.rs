@@ -50,9 +50,10 @@ pub async fn run(settings: &Settings) -> Result<String> {
         // Kept from the start, so that a run that fails still leaves its logs behind.
         root.disable_cleanup(settings.keep_dirs);
         eprintln!(
-            "[{}] starting {} members under {}",
+            "[{}] starting {} member{} under {}",
             kind.name(),
             settings.members,
+            if settings.members == 1 { "" } else { "s" },
             root.path().display()
         );
         let mut cluster = Cluster::start(
