@@ -42,7 +42,6 @@ async fn cluster_sizes_without_a_majority_or_kill_trials_without_survivors_are_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_member_run_measures_writes_without_replication_or_kill_trials() {
-    let _serial = stator_tests::serial();
     let out = tempfile::tempdir().expect("temp dir");
     let stator = stator_tests::stator_bin();
     let run = clusterbench(&[
