@@ -1,30 +1,20 @@
 //! The `stator-bench` binary end to end: exit codes, JSON report, plots, compare, help.
 
+mod binary;
 #[allow(dead_code)] // each test binary uses part of the mock
 mod support;
 
 use std::path::Path;
 use std::process::Output;
 
+use binary::text;
 use stator_tools::report::Report;
 use support::Cadence;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stator-bench");
 
 async fn stator_bench(args: &[&str]) -> Output {
-    tokio::process::Command::new(BIN)
-        .args(args)
-        .output()
-        .await
-        .unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    binary::run(BIN, args).await
 }
 
 fn system_font_present() -> bool {

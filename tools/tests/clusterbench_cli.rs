@@ -1,24 +1,16 @@
 //! `stator-clusterbench` end to end: refused settings, and a one-member run against a real
 //! `stator` peer (`cargo build --bins` first, as tools/test.sh does).
 
+mod binary;
+
 use std::process::Output;
+
+use binary::text;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stator-clusterbench");
 
 async fn clusterbench(args: &[&str]) -> Output {
-    tokio::process::Command::new(BIN)
-        .args(args)
-        .output()
-        .await
-        .expect("stator-clusterbench runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    binary::run(BIN, args).await
 }
 
 #[tokio::test]
