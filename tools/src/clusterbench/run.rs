@@ -101,33 +101,9 @@ pub async fn run(settings: &Settings) -> Result<String> {
             );
             writes.push(figure);
         }
-        let mut failover = Vec::new();
-        for trial in 0..settings.trials {
-            let outcome = failover_trial(&mut cluster, trial as u64, &settings.trial)
-                .await
-                .with_context(|| format!("{} failover trial {trial}", kind.name()))?;
-            eprintln!("[{}] failover {trial}: {outcome:?} ms", kind.name());
-            failover.push(outcome);
-        }
+        // No kill trials on a cluster with no majority left to survive one (`--members 1`).
         if settings.trials > 0 {
-            let target = (kind == SystemKind::Stator).then_some(600.0);
-            trials.push(TrialFigure::new(kind, "failover", &failover, target));
-        }
-        if let (Cluster::Stator(stator), true) = (&mut cluster, settings.trials > 0) {
-            let mut detection = Vec::new();
-            for trial in 0..settings.trials {
-                let outcome = detection_trial(
-                    stator,
-                    trial as u64,
-                    settings.detection_poll,
-                    &settings.trial,
-                )
-                .await
-                .with_context(|| format!("stator detection trial {trial}"))?;
-                eprintln!("[stator] detection {trial}: {outcome:?} ms");
-                detection.push(outcome);
-            }
-            trials.push(TrialFigure::new(kind, "detection", &detection, Some(400.0)));
+            trials.extend(kill_trials(&mut cluster, kind, settings).await?);
         }
         drop(cluster);
         if settings.keep_dirs {
@@ -136,6 +112,42 @@ pub async fn run(settings: &Settings) -> Result<String> {
     }
     write_results(settings, &writes, &trials)?;
     Ok(render_table(&writes, &trials))
+}
+
+/// Leader failover for both systems, and failure detection for stator.
+async fn kill_trials(
+    cluster: &mut Cluster,
+    kind: SystemKind,
+    settings: &Settings,
+) -> Result<Vec<TrialFigure>> {
+    let mut figures = Vec::new();
+    let mut failover = Vec::new();
+    for trial in 0..settings.trials {
+        let outcome = failover_trial(cluster, trial as u64, &settings.trial)
+            .await
+            .with_context(|| format!("{} failover trial {trial}", kind.name()))?;
+        eprintln!("[{}] failover {trial}: {outcome:?} ms", kind.name());
+        failover.push(outcome);
+    }
+    let target = (kind == SystemKind::Stator).then_some(600.0);
+    figures.push(TrialFigure::new(kind, "failover", &failover, target));
+    if let Cluster::Stator(stator) = cluster {
+        let mut detection = Vec::new();
+        for trial in 0..settings.trials {
+            let outcome = detection_trial(
+                stator,
+                trial as u64,
+                settings.detection_poll,
+                &settings.trial,
+            )
+            .await
+            .with_context(|| format!("stator detection trial {trial}"))?;
+            eprintln!("[stator] detection {trial}: {outcome:?} ms");
+            detection.push(outcome);
+        }
+        figures.push(TrialFigure::new(kind, "detection", &detection, Some(400.0)));
+    }
+    Ok(figures)
 }
 
 fn environment(settings: &Settings) -> serde_json::Value {
